@@ -1,0 +1,1 @@
+//! vitals-proto: the sans-IO core of vitals (wire format, liveness, sessions). Filled in by a later change.
