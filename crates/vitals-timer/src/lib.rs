@@ -34,5 +34,6 @@ pub mod wheel;
 
 pub use error::Error;
 
-
+pub use global::{add, add_once, add_singleton, add_times, default_timer, delay_add};
+pub use timer::{Ctx, Entry, Flow, JobBuilder, MissedTicks, Status, Timer, TimerBuilder};
 pub use wheel::{Expired, Key, Wheel};

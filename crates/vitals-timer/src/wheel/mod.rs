@@ -1,8 +1,8 @@
 //! `Wheel<T>`: a hierarchical timing wheel over a slab, with O(1) insert, cancel and reset.
 //!
 //! # Shape
-//! [`LEVELS`](level::LEVELS) levels of 64 slots, one occupancy bitmap per level (see [`level`] for the slot
-//! math). Entries live in a slab ([`slab`]) and are addressed by a [`Key`] = (index, generation), so a key
+//! 11 levels of 64 slots, one occupancy bitmap per level (`wheel/level.rs` holds the slot
+//! math). Entries live in a slab (`wheel/slab.rs`) and are addressed by a [`Key`] = (index, generation), so a key
 //! that outlived its entry is reported as [`Error::StaleKey`], never a panic. Each slot is an intrusive
 //! doubly-linked list through the slab, so cancel and reset unlink in O(1).
 //!
@@ -126,7 +126,7 @@ impl<T> Wheel<T> {
     pub fn tick_ceil(&self, instant: Instant) -> u64 {
         let d = instant.saturating_duration_since(self.origin);
         let nanos = duration_nanos(d);
-        nanos / self.tick_nanos + u64::from(nanos % self.tick_nanos != 0)
+        nanos / self.tick_nanos + u64::from(!nanos.is_multiple_of(self.tick_nanos))
     }
 
     /// `instant` as a tick, rounded down (used for `now`).
@@ -176,7 +176,10 @@ impl<T> Wheel<T> {
     /// Moves the entry's deadline to tick `tick`. O(1); a later deadline re-files lazily.
     pub fn reset_to_tick(&mut self, key: Key, tick: u64) -> Result<(), Error> {
         let (old, place) = {
-            let entry = self.slab.get(key.index, key.generation).ok_or(Error::StaleKey)?;
+            let entry = self
+                .slab
+                .get(key.index, key.generation)
+                .ok_or(Error::StaleKey)?;
             (entry.deadline, entry.place)
         };
         if tick >= old && matches!(place, Place::Slot { .. }) {
@@ -243,7 +246,9 @@ impl<T> Wheel<T> {
                 });
             }
             match self.next_expiration() {
-                Some((level, slot, start)) if start <= now => self.process_slot(level, slot, start, now),
+                Some((level, slot, start)) if start <= now => {
+                    self.process_slot(level, slot, start, now)
+                }
                 _ => {
                     self.elapsed = self.elapsed.max(now);
                     return None;
@@ -278,7 +283,8 @@ impl<T> Wheel<T> {
     fn file(&mut self, index: u32) {
         let when = self.slab.entries[index as usize].deadline;
         if when <= self.elapsed {
-            self.slab.push_front(&mut self.pending, index, Place::Pending);
+            self.slab
+                .push_front(&mut self.pending, index, Place::Pending);
             return;
         }
         let level = level_for(self.elapsed, when);
@@ -332,7 +338,8 @@ impl<T> Wheel<T> {
             entry.prev = NIL;
             entry.next = NIL;
             if entry.deadline <= now {
-                self.slab.push_front(&mut self.pending, index, Place::Pending);
+                self.slab
+                    .push_front(&mut self.pending, index, Place::Pending);
             } else {
                 self.file(index);
             }

@@ -69,7 +69,9 @@ impl<T> Slab<T> {
             entry.next = NIL;
             index
         } else {
-            let index = u32::try_from(self.entries.len()).ok().filter(|&i| i != NIL)?;
+            let index = u32::try_from(self.entries.len())
+                .ok()
+                .filter(|&i| i != NIL)?;
             self.entries.push(Entry {
                 value: Some(value),
                 deadline,
