@@ -9,6 +9,7 @@
 //!   singleton jobs, delayed start, an [`Entry`] handle (status, start, stop, reset, close, run-now,
 //!   set-times), jobs that end themselves with [`Flow::Exit`], drift-free periods with a [`MissedTicks`]
 //!   policy and optional jitter. Driven by its own parked thread, or by hand on a manual clock.
+//! - [`jitter`]: [`Jitter`], the small PRNG that spreads firings (also used for reconnect backoff).
 //! - [`global`]: a process-wide default [`Timer`] and free functions ([`add`], [`add_once`], …).
 //!
 //! # Example
@@ -29,10 +30,12 @@
 
 pub mod error;
 pub mod global;
+pub mod jitter;
 pub mod timer;
 pub mod wheel;
 
 pub use error::Error;
+pub use jitter::Jitter;
 
 pub use global::{add, add_once, add_singleton, add_times, default_timer, delay_add};
 pub use timer::{Ctx, Entry, Flow, JobBuilder, MissedTicks, Status, Timer, TimerBuilder};

@@ -22,7 +22,6 @@
 
 mod clock;
 mod entry;
-mod jitter;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,7 +32,7 @@ pub use entry::{Entry, Status};
 use crate::{Error, Wheel};
 use clock::Clock;
 use entry::{FOREVER, Shared};
-use jitter::Jitter;
+use crate::jitter::Jitter;
 
 /// What a job tells the timer when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,20 @@
-//! A small, fast pseudo-random source for timer jitter (splitmix64); not for anything secret.
+//! A small, fast pseudo-random source for jitter (splitmix64): timer firings, reconnect backoff.
+//! Not for anything secret (resume tokens come from the OS random source).
 
 use std::time::Duration;
 
-/// splitmix64 state.
+/// A splitmix64 generator that samples jitter durations.
 #[derive(Debug, Clone)]
-pub(crate) struct Jitter(u64);
+pub struct Jitter(u64);
 
 impl Jitter {
-    /// Seeded from the address of a stack value and the clock, so that two timers differ.
-    pub(crate) fn seeded() -> Self {
+    /// A generator with a fixed seed (reproducible sequences, for tests and simulations).
+    pub fn from_seed(seed: u64) -> Self {
+        Jitter(seed)
+    }
+
+    /// Seeded from the address of a stack value and the clock, so that two generators differ.
+    pub fn seeded() -> Self {
         let local = 0u8;
         let addr = &local as *const u8 as u64;
         let t = std::time::SystemTime::now()
@@ -18,7 +24,8 @@ impl Jitter {
         Jitter(addr ^ t.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15)
     }
 
-    fn next_u64(&mut self) -> u64 {
+    /// The next pseudo-random `u64`.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -26,8 +33,8 @@ impl Jitter {
         z ^ (z >> 31)
     }
 
-    /// A uniformly distributed duration in `[0, max]`.
-    pub(crate) fn sample(&mut self, max: Duration) -> Duration {
+    /// A uniformly distributed duration in `[0, max]` (nanosecond resolution).
+    pub fn sample(&mut self, max: Duration) -> Duration {
         let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
         if max_nanos == 0 {
             return Duration::ZERO;
