@@ -1,1 +1,4 @@
-//! vitals: the runtime (server engine, tokio-facing `Server` and `Client`). Filled in by a later change.
+//! vitals: the runtime (server engine, tokio-facing `Server` and `Client`). Being filled in.
+
+pub mod backoff;
+pub mod socket;
