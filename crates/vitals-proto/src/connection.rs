@@ -1,0 +1,312 @@
+//! The `Connection`: one peer's protocol state, client or server, binary or JSON-compatible.
+//!
+//! # Polling order
+//! After creating a connection, and after every input:
+//! 1. feed received bytes with [`Connection::handle_input`] (read the socket *before* handling
+//!    timeouts after a stall, so fresh signs of life count);
+//! 2. when the instant from [`Connection::poll_timeout`] has passed, call
+//!    [`Connection::handle_timeout`];
+//! 3. drain [`Connection::poll_transmit`] until it returns 0 (or the socket would block) and
+//!    write those bytes; control frames come first in every call;
+//! 4. drain [`Connection::poll_event`];
+//! 5. re-read [`Connection::poll_timeout`] and arm the timer.
+//!
+//! A server connection that emits [`Event::ResumeRequested`] waits until the runtime calls
+//! [`Connection::resolve_resume`] with its [`SessionStore`].
+
+use crate::binary::Binary;
+use crate::decode::Limits;
+use crate::error::Backpressure;
+use crate::frame::CloseCode;
+use crate::json::JsonLimits;
+use crate::json_conn::Json;
+use crate::liveness::LivenessConfig;
+use crate::policy::ServerPolicy;
+use crate::rtt::RttStats;
+use crate::session::{Seq, Session, SessionConfig, SessionId, SessionKeys};
+use crate::store::SessionStore;
+use std::time::{Duration, Instant};
+
+/// Which side of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Initiates (sends HELLO; in JSON mode, sends pings).
+    Client,
+    /// Accepts (answers HELLO; in JSON mode, answers pings and enforces their rate).
+    Server,
+}
+
+/// Configuration of a binary-protocol connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Liveness timing. For a client, `interval`/`timeout` are the proposal; the server's grant
+    /// replaces them.
+    pub liveness: LivenessConfig,
+    /// Decoder limits.
+    pub limits: Limits,
+    /// Session bounds.
+    pub session: SessionConfig,
+    /// What a server grants and enforces (ignored by clients).
+    pub policy: ServerPolicy,
+    /// DATA larger than this is split into chunks so control frames are never stuck behind it.
+    /// Default 64 KiB.
+    pub chunk_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            liveness: LivenessConfig::default(),
+            limits: Limits::default(),
+            session: SessionConfig::default(),
+            policy: ServerPolicy::default(),
+            chunk_size: 64 * 1024,
+        }
+    }
+}
+
+/// Configuration of a JSON-compatible connection (liveness only, no sessions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JsonConfig {
+    /// Liveness timing (no negotiation happens in this mode).
+    pub liveness: LivenessConfig,
+    /// Decoder limits.
+    pub limits: JsonLimits,
+    /// Send `{"ping":N}` after `interval` of silence. Default: true for clients, false for
+    /// servers (classic servers only answer).
+    pub send_pings: Option<bool>,
+    /// Server only: close with `TooManyPings` after this many strikes (see `policy`); `None`
+    /// disables enforcement. Default `Some(3)`.
+    pub max_ping_strikes: Option<u32>,
+    /// Most bytes of application messages queued for sending. Default 1 MiB.
+    pub max_send_queue: usize,
+}
+
+impl Default for JsonConfig {
+    fn default() -> Self {
+        JsonConfig {
+            liveness: LivenessConfig::default(),
+            limits: JsonLimits::default(),
+            send_pings: None,
+            max_ping_strikes: Some(3),
+            max_send_queue: 1 << 20,
+        }
+    }
+}
+
+/// Something the application or runtime should know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Handshake done (binary mode).
+    Connected {
+        /// Session id.
+        session: SessionId,
+        /// True if an existing session was resumed.
+        resumed: bool,
+        /// Granted interval.
+        interval: Duration,
+        /// Granted timeout.
+        timeout: Duration,
+    },
+    /// Server: a client asks to resume `session`; call [`Connection::resolve_resume`].
+    ResumeRequested {
+        /// The session id presented.
+        session: SessionId,
+    },
+    /// A complete application message, delivered exactly once and in order.
+    Message {
+        /// Its sequence number (per direction).
+        seq: Seq,
+        /// Its bytes (JSON mode: the raw object).
+        payload: Vec<u8>,
+    },
+    /// A PONG answered our PING: updated RTT statistics.
+    Rtt(RttStats),
+    /// Phi-accrual suspicion reached the suspect threshold.
+    Suspect {
+        /// Current phi.
+        phi: f64,
+    },
+    /// Our own timer fired late (local stall); nobody was convicted on this wake-up.
+    Stalled {
+        /// How late the timer fired.
+        late_by: Duration,
+    },
+    /// Server: the peer pinged too early.
+    PingStrike {
+        /// Strikes so far.
+        strikes: u32,
+    },
+    /// The peer was silent too long; the connection is closed (code `Timeout`).
+    Dead {
+        /// Silence observed.
+        silent_for: Duration,
+    },
+    /// The connection is closed; no more events except those already queued.
+    Closed {
+        /// Close code.
+        code: CloseCode,
+        /// Reason text.
+        reason: String,
+        /// True if the peer sent the CLOSE.
+        by_peer: bool,
+    },
+}
+
+/// Why `send` refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The replay buffer or send queue is full; retry after acks.
+    #[error(transparent)]
+    Backpressure(#[from] Backpressure),
+    /// A server connection has no session yet (before HELLO / resume).
+    #[error("no session yet")]
+    NoSession,
+    /// JSON mode: the payload is not exactly one JSON object.
+    #[error("payload is not one JSON object: {0}")]
+    NotJsonObject(String),
+}
+
+#[derive(Debug)]
+enum Inner {
+    Binary(Box<Binary>),
+    Json(Box<Json>),
+}
+
+/// One connection's protocol state. See the module docs for the polling order.
+#[derive(Debug)]
+pub struct Connection {
+    inner: Inner,
+}
+
+impl Connection {
+    /// A client starting a new session (sends HELLO).
+    pub fn client(now: Instant, cfg: Config) -> Connection {
+        Connection {
+            inner: Inner::Binary(Box::new(Binary::client(now, cfg, None))),
+        }
+    }
+
+    /// A client resuming `session` (taken from a previous connection with
+    /// [`take_session`](Self::take_session)).
+    pub fn client_resume(now: Instant, cfg: Config, session: Session) -> Connection {
+        Connection {
+            inner: Inner::Binary(Box::new(Binary::client(now, cfg, Some(session)))),
+        }
+    }
+
+    /// A server connection; `fresh` are the id and token used if the client starts a new
+    /// session (the runtime draws them from OS randomness).
+    pub fn server(now: Instant, cfg: Config, fresh: SessionKeys) -> Connection {
+        Connection {
+            inner: Inner::Binary(Box::new(Binary::server(now, cfg, fresh))),
+        }
+    }
+
+    /// A JSON-compatible connection in either role.
+    pub fn json(now: Instant, role: Role, cfg: JsonConfig) -> Connection {
+        Connection {
+            inner: Inner::Json(Box::new(Json::new(now, role, cfg))),
+        }
+    }
+
+    /// Bytes arrived from the peer.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        match &mut self.inner {
+            Inner::Binary(b) => b.handle_input(now, data),
+            Inner::Json(j) => j.handle_input(now, data),
+        }
+    }
+
+    /// The deadline from [`poll_timeout`](Self::poll_timeout) passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.inner {
+            Inner::Binary(b) => b.handle_timeout(now),
+            Inner::Json(j) => j.handle_timeout(now),
+        }
+    }
+
+    /// Queue an application message. Binary mode: kept for replay until acknowledged.
+    pub fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {
+        match &mut self.inner {
+            Inner::Binary(b) => b.send(now, payload),
+            Inner::Json(j) => j.send(payload),
+        }
+    }
+
+    /// Append bytes to write to `out`: pending control frames first, then at most one DATA
+    /// chunk. Returns the number of bytes appended (0: nothing to send now).
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
+        match &mut self.inner {
+            Inner::Binary(b) => b.poll_transmit(out),
+            Inner::Json(j) => j.poll_transmit(out),
+        }
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next; `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.inner {
+            Inner::Binary(b) => b.poll_timeout(),
+            Inner::Json(j) => j.poll_timeout(),
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        match &mut self.inner {
+            Inner::Binary(b) => b.poll_event(),
+            Inner::Json(j) => j.poll_event(),
+        }
+    }
+
+    /// Close with `code` and `reason` (binary mode sends CLOSE first).
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        match &mut self.inner {
+            Inner::Binary(b) => b.close(code, reason, false),
+            Inner::Json(j) => j.close(code, reason),
+        }
+    }
+
+    /// True once closed (by either side, or by the liveness detector).
+    pub fn is_closed(&self) -> bool {
+        match &self.inner {
+            Inner::Binary(b) => b.is_closed(),
+            Inner::Json(j) => j.is_closed(),
+        }
+    }
+
+    /// RTT statistics so far.
+    pub fn rtt(&self) -> RttStats {
+        match &self.inner {
+            Inner::Binary(b) => b.rtt(),
+            Inner::Json(j) => j.rtt(),
+        }
+    }
+
+    /// Server: answer a pending [`Event::ResumeRequested`] using `store`. The token is checked
+    /// in constant time; on a bad token the session goes back into the store untouched. Failure
+    /// closes the connection with `UnknownSession`, `BadToken` or `SessionExpired`.
+    pub fn resolve_resume(&mut self, now: Instant, store: &mut dyn SessionStore) {
+        if let Inner::Binary(b) = &mut self.inner {
+            b.resolve_resume(now, store);
+        }
+    }
+
+    /// Detach the session (marking it detached at `now`) for a store (server) or a later
+    /// [`client_resume`](Self::client_resume) (client). Closes the connection if still open.
+    pub fn take_session(&mut self, now: Instant) -> Option<Session> {
+        match &mut self.inner {
+            Inner::Binary(b) => b.take_session(now),
+            Inner::Json(_) => None,
+        }
+    }
+
+    /// Client: the config to reconnect with. After a `TooManyPings` close it carries twice the
+    /// interval that was in use (timeout raised to at least twice that).
+    pub fn reconnect_config(&self) -> Option<Config> {
+        match &self.inner {
+            Inner::Binary(b) => Some(b.reconnect_config()),
+            Inner::Json(_) => None,
+        }
+    }
+}

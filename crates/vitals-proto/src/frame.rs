@@ -1,0 +1,333 @@
+//! Binary frames: types, close codes and encoding (see docs/PROTOCOL.md for the byte layout).
+//!
+//! Every frame is `type: u8`, `length: u32` big-endian (payload bytes), then the payload.
+//! All integers are big-endian.
+
+use crate::session::{ResumeToken, SessionId};
+
+/// Magic bytes opening HELLO and WELCOME payloads.
+pub const MAGIC: [u8; 4] = *b"VTLS";
+/// Protocol version spoken by this crate.
+pub const VERSION: u8 = 1;
+/// Bytes of a frame header (type + length).
+pub const HEADER_LEN: usize = 5;
+/// Payload length of HELLO and WELCOME.
+pub const HANDSHAKE_LEN: usize = 46;
+/// Payload length of PING and PONG.
+pub const PING_LEN: usize = 12;
+/// Bytes of the DATA payload before the message bytes (seq, ack, flags).
+pub const DATA_PREFIX_LEN: usize = 17;
+/// Payload length of ACK.
+pub const ACK_LEN: usize = 8;
+/// Longest CLOSE reason the encoder writes (longer reasons are truncated at a char boundary).
+pub const MAX_REASON_LEN: usize = 256;
+/// DATA flag: this chunk ends its message.
+pub const DATA_FIN: u8 = 0x01;
+/// HELLO flag: resume the session named in the frame.
+pub const HELLO_RESUME: u8 = 0x01;
+/// WELCOME flag: the session was resumed (not newly created).
+pub const WELCOME_RESUMED: u8 = 0x01;
+
+/// The frame type byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameType {
+    /// Client opens (or resumes) a session.
+    Hello = 0x01,
+    /// Server accepts, with granted timing.
+    Welcome = 0x02,
+    /// Liveness probe.
+    Ping = 0x03,
+    /// Answer to a probe.
+    Pong = 0x04,
+    /// One chunk of an application message.
+    Data = 0x05,
+    /// Cumulative acknowledgement.
+    Ack = 0x06,
+    /// Orderly close with a code and a reason.
+    Close = 0x07,
+}
+
+impl FrameType {
+    /// Parse a type byte.
+    pub fn from_u8(b: u8) -> Option<FrameType> {
+        Some(match b {
+            0x01 => FrameType::Hello,
+            0x02 => FrameType::Welcome,
+            0x03 => FrameType::Ping,
+            0x04 => FrameType::Pong,
+            0x05 => FrameType::Data,
+            0x06 => FrameType::Ack,
+            0x07 => FrameType::Close,
+            _ => return None,
+        })
+    }
+}
+
+/// Numeric close code carried by CLOSE (and reported locally in [`Event::Closed`](crate::Event)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// 0: orderly close by the application.
+    Normal,
+    /// 1: the peer broke the protocol (bad frame, unexpected frame, bad sequence).
+    ProtocolError,
+    /// 2: the peer pinged more often than its granted interval allows.
+    TooManyPings,
+    /// 3: the session expired (lifetime or replay age exceeded).
+    SessionExpired,
+    /// 4: the server does not know the session.
+    UnknownSession,
+    /// 5: the resume token is wrong.
+    BadToken,
+    /// 6: the protocol version is not supported.
+    VersionMismatch,
+    /// 7: a configured limit (frame size, buffer, message size) was exceeded.
+    LimitExceeded,
+    /// 8: the peer was declared dead by the liveness detector (local only; may be sent best-effort).
+    Timeout,
+    /// Any other code.
+    Other(u16),
+}
+
+impl CloseCode {
+    /// The wire value.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            CloseCode::Normal => 0,
+            CloseCode::ProtocolError => 1,
+            CloseCode::TooManyPings => 2,
+            CloseCode::SessionExpired => 3,
+            CloseCode::UnknownSession => 4,
+            CloseCode::BadToken => 5,
+            CloseCode::VersionMismatch => 6,
+            CloseCode::LimitExceeded => 7,
+            CloseCode::Timeout => 8,
+            CloseCode::Other(c) => c,
+        }
+    }
+
+    /// From the wire value.
+    pub fn from_u16(c: u16) -> CloseCode {
+        match c {
+            0 => CloseCode::Normal,
+            1 => CloseCode::ProtocolError,
+            2 => CloseCode::TooManyPings,
+            3 => CloseCode::SessionExpired,
+            4 => CloseCode::UnknownSession,
+            5 => CloseCode::BadToken,
+            6 => CloseCode::VersionMismatch,
+            7 => CloseCode::LimitExceeded,
+            8 => CloseCode::Timeout,
+            c => CloseCode::Other(c),
+        }
+    }
+}
+
+/// HELLO payload: the client's proposal (and resume request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version.
+    pub version: u8,
+    /// Proposed ping interval in milliseconds.
+    pub interval_ms: u32,
+    /// Proposed dead timeout in milliseconds.
+    pub timeout_ms: u32,
+    /// `Some` to resume: session id, token, and the client's receive point
+    /// (next server-to-client sequence number it expects).
+    pub resume: Option<(SessionId, ResumeToken, u64)>,
+}
+
+/// WELCOME payload: the server's grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version.
+    pub version: u8,
+    /// True if an existing session was resumed.
+    pub resumed: bool,
+    /// Granted ping interval in milliseconds.
+    pub interval_ms: u32,
+    /// Granted dead timeout in milliseconds.
+    pub timeout_ms: u32,
+    /// Session id.
+    pub session_id: SessionId,
+    /// Resume token (the secret the client presents to resume).
+    pub token: ResumeToken,
+    /// The server's receive point: next client-to-server sequence number it expects.
+    pub ack: u64,
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// HELLO.
+    Hello(Hello),
+    /// WELCOME.
+    Welcome(Welcome),
+    /// PING: nonce and the sender's timestamp (µs since its own epoch).
+    Ping {
+        /// Nonce, echoed in the PONG.
+        nonce: u32,
+        /// Sender timestamp in microseconds since the sender's epoch.
+        timestamp_us: u64,
+    },
+    /// PONG: echo of a PING.
+    Pong {
+        /// Echoed nonce.
+        nonce: u32,
+        /// Echoed timestamp.
+        timestamp_us: u64,
+    },
+    /// DATA chunk.
+    Data {
+        /// Message sequence number (all chunks of a message share it).
+        seq: u64,
+        /// Piggybacked cumulative ack (next sequence number the sender expects).
+        ack: u64,
+        /// True on the last chunk of the message.
+        fin: bool,
+        /// Chunk bytes.
+        payload: Vec<u8>,
+    },
+    /// Cumulative ACK: every message with seq < `next` was received.
+    Ack {
+        /// Next expected sequence number.
+        next: u64,
+    },
+    /// CLOSE.
+    Close {
+        /// Close code.
+        code: CloseCode,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+impl Frame {
+    /// The type of this frame.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Hello(_) => FrameType::Hello,
+            Frame::Welcome(_) => FrameType::Welcome,
+            Frame::Ping { .. } => FrameType::Ping,
+            Frame::Pong { .. } => FrameType::Pong,
+            Frame::Data { .. } => FrameType::Data,
+            Frame::Ack { .. } => FrameType::Ack,
+            Frame::Close { .. } => FrameType::Close,
+        }
+    }
+
+    /// Append the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Hello(h) => encode_hello(out, h),
+            Frame::Welcome(w) => encode_welcome(out, w),
+            Frame::Ping {
+                nonce,
+                timestamp_us,
+            } => encode_ping(out, FrameType::Ping, *nonce, *timestamp_us),
+            Frame::Pong {
+                nonce,
+                timestamp_us,
+            } => encode_ping(out, FrameType::Pong, *nonce, *timestamp_us),
+            Frame::Data {
+                seq,
+                ack,
+                fin,
+                payload,
+            } => encode_data(out, *seq, *ack, *fin, payload),
+            Frame::Ack { next } => encode_ack(out, *next),
+            Frame::Close { code, reason } => encode_close(out, *code, reason),
+        }
+    }
+}
+
+fn header(out: &mut Vec<u8>, ty: FrameType, len: usize) {
+    out.push(ty as u8);
+    // Payloads we encode are bounded by the chunk size and MAX_REASON_LEN, far below 4 GiB.
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+}
+
+fn encode_handshake(
+    out: &mut Vec<u8>,
+    ty: FrameType,
+    flags: u8,
+    version: u8,
+    timing: (u32, u32),
+    (id, token): (SessionId, &ResumeToken),
+    ack: u64,
+) {
+    header(out, ty, HANDSHAKE_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(version);
+    out.push(flags);
+    out.extend_from_slice(&timing.0.to_be_bytes());
+    out.extend_from_slice(&timing.1.to_be_bytes());
+    out.extend_from_slice(&id.0.to_be_bytes());
+    out.extend_from_slice(token.as_bytes());
+    out.extend_from_slice(&ack.to_be_bytes());
+}
+
+/// Append a HELLO.
+pub fn encode_hello(out: &mut Vec<u8>, h: &Hello) {
+    let (flags, id, token, ack) = match &h.resume {
+        Some((id, token, ack)) => (HELLO_RESUME, *id, *token, *ack),
+        None => (0, SessionId(0), ResumeToken::from_bytes([0; 16]), 0),
+    };
+    encode_handshake(
+        out,
+        FrameType::Hello,
+        flags,
+        h.version,
+        (h.interval_ms, h.timeout_ms),
+        (id, &token),
+        ack,
+    );
+}
+
+/// Append a WELCOME.
+pub fn encode_welcome(out: &mut Vec<u8>, w: &Welcome) {
+    let flags = if w.resumed { WELCOME_RESUMED } else { 0 };
+    encode_handshake(
+        out,
+        FrameType::Welcome,
+        flags,
+        w.version,
+        (w.interval_ms, w.timeout_ms),
+        (w.session_id, &w.token),
+        w.ack,
+    );
+}
+
+/// Append a PING or PONG (`ty` must be one of the two).
+pub fn encode_ping(out: &mut Vec<u8>, ty: FrameType, nonce: u32, timestamp_us: u64) {
+    header(out, ty, PING_LEN);
+    out.extend_from_slice(&nonce.to_be_bytes());
+    out.extend_from_slice(&timestamp_us.to_be_bytes());
+}
+
+/// Append one DATA chunk.
+pub fn encode_data(out: &mut Vec<u8>, seq: u64, ack: u64, fin: bool, chunk: &[u8]) {
+    header(out, FrameType::Data, DATA_PREFIX_LEN + chunk.len());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&ack.to_be_bytes());
+    out.push(if fin { DATA_FIN } else { 0 });
+    out.extend_from_slice(chunk);
+}
+
+/// Append an ACK.
+pub fn encode_ack(out: &mut Vec<u8>, next: u64) {
+    header(out, FrameType::Ack, ACK_LEN);
+    out.extend_from_slice(&next.to_be_bytes());
+}
+
+/// Append a CLOSE; the reason is truncated to [`MAX_REASON_LEN`] bytes at a char boundary.
+pub fn encode_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = reason.get(..end).unwrap_or("");
+    header(out, FrameType::Close, 2 + reason.len());
+    out.extend_from_slice(&code.to_u16().to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+}

@@ -1,0 +1,124 @@
+//! Timing negotiation (the server caps what it grants) and ping-abuse enforcement (strikes).
+//!
+//! Strike rule: a PING received less than `interval / 2` after the previous PING from the same
+//! peer is a strike; a PING at least `interval` after the previous one clears the strikes. When
+//! strikes reach `max_ping_strikes` the server closes with
+//! [`CloseCode::TooManyPings`](crate::CloseCode::TooManyPings). A compliant vitals peer never
+//! pings twice within one `interval` (it pings only after `interval` of silence), so only
+//! network jitter above `interval / 2` could make it collect a strike.
+
+use std::time::{Duration, Instant};
+
+/// What a server accepts. Proposals are clamped into these ranges, and the timeout is raised
+/// to at least twice the granted interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerPolicy {
+    /// Smallest interval granted. Default 1 s.
+    pub min_interval: Duration,
+    /// Largest interval granted. Default 60 s.
+    pub max_interval: Duration,
+    /// Smallest timeout granted. Default 3 s.
+    pub min_timeout: Duration,
+    /// Largest timeout granted. Default 180 s.
+    pub max_timeout: Duration,
+    /// Strikes that close the connection with `TooManyPings`. Default 3.
+    pub max_ping_strikes: u32,
+}
+
+impl Default for ServerPolicy {
+    fn default() -> Self {
+        ServerPolicy {
+            min_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(60),
+            min_timeout: Duration::from_secs(3),
+            max_timeout: Duration::from_secs(180),
+            max_ping_strikes: 3,
+        }
+    }
+}
+
+impl ServerPolicy {
+    /// The (interval, timeout) granted for a proposal.
+    pub fn grant(&self, interval: Duration, timeout: Duration) -> (Duration, Duration) {
+        let interval = interval.clamp(self.min_interval, self.max_interval.max(self.min_interval));
+        let timeout = timeout
+            .clamp(self.min_timeout, self.max_timeout.max(self.min_timeout))
+            .max(interval * 2);
+        (interval, timeout)
+    }
+}
+
+/// Outcome of one received PING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PingVerdict {
+    /// Fine.
+    Ok,
+    /// Too early: one more strike (total given).
+    Strike(u32),
+    /// Strikes reached the limit: close with `TooManyPings`.
+    TooMany,
+}
+
+/// Counts ping strikes of one peer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PingEnforcer {
+    last_ping: Option<Instant>,
+    strikes: u32,
+}
+
+impl PingEnforcer {
+    pub(crate) fn on_ping(&mut self, now: Instant, interval: Duration, max: u32) -> PingVerdict {
+        let prev = self.last_ping.replace(now);
+        let Some(prev) = prev else {
+            return PingVerdict::Ok;
+        };
+        let gap = now.saturating_duration_since(prev);
+        if gap < interval / 2 {
+            self.strikes += 1;
+            if self.strikes >= max {
+                return PingVerdict::TooMany;
+            }
+            return PingVerdict::Strike(self.strikes);
+        }
+        if gap >= interval {
+            self.strikes = 0;
+        }
+        PingVerdict::Ok
+    }
+}
+
+/// The interval a client uses after being closed with `TooManyPings`: doubled, and the
+/// timeout raised to keep at least twice the interval.
+pub fn backoff_timing(interval: Duration, timeout: Duration) -> (Duration, Duration) {
+    let interval = interval.saturating_mul(2);
+    (interval, timeout.max(interval.saturating_mul(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_clamps_and_keeps_timeout_above_two_intervals() {
+        let p = ServerPolicy::default();
+        let s = Duration::from_secs;
+        assert_eq!(p.grant(Duration::from_millis(10), s(1)), (s(1), s(3)));
+        assert_eq!(p.grant(s(600), s(6000)), (s(60), s(180)));
+        assert_eq!(p.grant(s(30), s(40)), (s(30), s(60)));
+    }
+
+    #[test]
+    fn early_pings_strike_and_spaced_pings_clear() {
+        let t0 = Instant::now();
+        let i = Duration::from_secs(2);
+        let mut e = PingEnforcer::default();
+        assert_eq!(e.on_ping(t0, i, 3), PingVerdict::Ok);
+        let ms = Duration::from_millis;
+        assert_eq!(e.on_ping(t0 + ms(100), i, 3), PingVerdict::Strike(1));
+        assert_eq!(e.on_ping(t0 + ms(200), i, 3), PingVerdict::Strike(2));
+        assert_eq!(e.on_ping(t0 + ms(2200), i, 3), PingVerdict::Ok);
+        assert_eq!(e.on_ping(t0 + ms(2300), i, 3), PingVerdict::Strike(1));
+        assert_eq!(e.on_ping(t0 + ms(2400), i, 3), PingVerdict::Strike(2));
+        assert_eq!(e.on_ping(t0 + ms(2500), i, 3), PingVerdict::TooMany);
+    }
+}

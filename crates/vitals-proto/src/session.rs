@@ -1,0 +1,376 @@
+//! Session state that outlives a connection: sequence numbers, replay buffer, receive point.
+//!
+//! Each direction numbers messages from 0. The sender keeps every message until the peer's
+//! cumulative ack (`next expected seq`) covers it; the replay buffer is bounded in bytes, in
+//! messages and in age. The receiver accepts `seq == recv_next`, drops `seq < recv_next` as a
+//! duplicate (a replay of something already delivered) and rejects a gap.
+
+use crate::error::{Backpressure, SessionError};
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// A message sequence number (per direction, from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u64);
+
+/// Session identifier chosen by the server (supplied by the runtime, e.g. from OS randomness).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// The 128-bit secret a client presents to resume. Compared in constant time; `Debug` hides it.
+#[derive(Clone, Copy)]
+pub struct ResumeToken([u8; 16]);
+
+impl ResumeToken {
+    /// Wrap 16 bytes (the runtime supplies them from a CSPRNG).
+    pub fn from_bytes(b: [u8; 16]) -> ResumeToken {
+        ResumeToken(b)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Constant-time comparison: the time taken does not depend on where the tokens differ.
+    pub fn ct_eq(&self, other: &ResumeToken) -> bool {
+        let diff = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl PartialEq for ResumeToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other)
+    }
+}
+impl Eq for ResumeToken {}
+
+impl fmt::Debug for ResumeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeToken(..)")
+    }
+}
+
+/// Identity of a new session: id and token, both supplied by the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionKeys {
+    /// Session id.
+    pub id: SessionId,
+    /// Resume token.
+    pub token: ResumeToken,
+}
+
+/// Session bounds and ack pacing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Most unacknowledged bytes kept for replay. Default 4 MiB.
+    pub max_replay_bytes: usize,
+    /// Most unacknowledged messages kept. Default 65,536.
+    pub max_replay_messages: usize,
+    /// A message unacknowledged for longer expires the session. Default 5 min.
+    pub max_replay_age: Duration,
+    /// How long a detached session stays resumable. Default 2 min.
+    pub ttl: Duration,
+    /// Longest an ack is held back waiting to piggyback on DATA. Default 50 ms.
+    pub ack_delay: Duration,
+    /// Send an ACK at once after this many unacknowledged received messages. Default 64.
+    pub ack_every: u32,
+    /// Largest reassembled message. Default 16 MiB.
+    pub max_message_size: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_replay_bytes: 4 << 20,
+            max_replay_messages: 65_536,
+            max_replay_age: Duration::from_secs(300),
+            ttl: Duration::from_secs(120),
+            ack_delay: Duration::from_millis(50),
+            ack_every: 64,
+            max_message_size: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Outgoing {
+    queued_at: Instant,
+    payload: Vec<u8>,
+}
+
+/// What to do with a received DATA chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// `seq == recv_next`: part of the next message.
+    Next,
+    /// Already delivered: drop.
+    Duplicate,
+}
+
+/// One session's state (either side).
+#[derive(Debug, Clone)]
+pub struct Session {
+    keys: SessionKeys,
+    cfg: SessionConfig,
+    send_next: u64,
+    peer_acked: u64,
+    replay: VecDeque<Outgoing>,
+    replay_bytes: usize,
+    recv_next: u64,
+    ack_sent: u64,
+    detached_at: Option<Instant>,
+}
+
+impl Session {
+    /// A fresh session.
+    pub fn new(keys: SessionKeys, cfg: SessionConfig) -> Session {
+        Session {
+            keys,
+            cfg,
+            send_next: 0,
+            peer_acked: 0,
+            replay: VecDeque::new(),
+            replay_bytes: 0,
+            recv_next: 0,
+            ack_sent: 0,
+            detached_at: None,
+        }
+    }
+
+    /// Session id.
+    pub fn id(&self) -> SessionId {
+        self.keys.id
+    }
+
+    /// Session keys (id and token).
+    pub fn keys(&self) -> SessionKeys {
+        self.keys
+    }
+
+    pub(crate) fn set_keys(&mut self, keys: SessionKeys) {
+        self.keys = keys;
+    }
+
+    /// Next sequence number that `push` will assign.
+    pub fn send_next(&self) -> Seq {
+        Seq(self.send_next)
+    }
+
+    /// Next sequence number expected from the peer (our cumulative ack).
+    pub fn recv_next(&self) -> Seq {
+        Seq(self.recv_next)
+    }
+
+    /// Messages sent but not acknowledged by the peer.
+    pub fn unacked(&self) -> usize {
+        self.replay.len()
+    }
+
+    /// Bytes sent but not acknowledged.
+    pub fn unacked_bytes(&self) -> usize {
+        self.replay_bytes
+    }
+
+    /// The unacknowledged payloads, oldest first (for re-sending in a new session after the
+    /// server answered "unknown session"; see docs/PROTOCOL.md for what that guarantees).
+    pub fn into_unacked(self) -> Vec<Vec<u8>> {
+        self.replay.into_iter().map(|o| o.payload).collect()
+    }
+
+    /// Queue a message; it stays until acknowledged.
+    pub fn push(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, Backpressure> {
+        let len = payload.len();
+        if self.replay.len() >= self.cfg.max_replay_messages
+            || self.replay_bytes.saturating_add(len) > self.cfg.max_replay_bytes
+        {
+            return Err(Backpressure {
+                buffered: self.replay_bytes,
+                messages: self.replay.len(),
+                len,
+                max_bytes: self.cfg.max_replay_bytes,
+                max_messages: self.cfg.max_replay_messages,
+            });
+        }
+        let seq = self.send_next;
+        self.send_next += 1;
+        self.replay_bytes += len;
+        self.replay.push_back(Outgoing {
+            queued_at: now,
+            payload,
+        });
+        Ok(Seq(seq))
+    }
+
+    /// The peer acknowledged everything below `next`.
+    pub(crate) fn on_ack(&mut self, next: u64) -> Result<(), SessionError> {
+        if next > self.send_next {
+            return Err(SessionError::BadAck {
+                acked: next,
+                sent: self.send_next,
+            });
+        }
+        while self.peer_acked < next {
+            if let Some(o) = self.replay.pop_front() {
+                self.replay_bytes -= o.payload.len();
+            }
+            self.peer_acked += 1;
+        }
+        Ok(())
+    }
+
+    /// First unacknowledged sequence number.
+    pub(crate) fn peer_acked(&self) -> u64 {
+        self.peer_acked
+    }
+
+    /// Payload of message `seq` if it is still held.
+    pub(crate) fn payload(&self, seq: u64) -> Option<&[u8]> {
+        let idx = usize::try_from(seq.checked_sub(self.peer_acked)?).ok()?;
+        self.replay.get(idx).map(|o| o.payload.as_slice())
+    }
+
+    /// Classify a received DATA sequence number.
+    pub(crate) fn classify(&self, seq: u64) -> Result<Incoming, SessionError> {
+        if seq < self.recv_next {
+            Ok(Incoming::Duplicate)
+        } else if seq == self.recv_next {
+            Ok(Incoming::Next)
+        } else {
+            Err(SessionError::Gap {
+                got: seq,
+                expected: self.recv_next,
+            })
+        }
+    }
+
+    /// A complete message `recv_next` was delivered.
+    pub(crate) fn delivered(&mut self) {
+        self.recv_next += 1;
+    }
+
+    /// Received messages not yet acknowledged to the peer.
+    pub(crate) fn ack_owed(&self) -> u64 {
+        self.recv_next - self.ack_sent
+    }
+
+    /// An ack carrying `recv_next` is going out.
+    pub(crate) fn ack_sending(&mut self) -> u64 {
+        self.ack_sent = self.recv_next;
+        self.recv_next
+    }
+
+    /// When the oldest unacknowledged message ages out (expires the session).
+    pub(crate) fn age_deadline(&self) -> Option<Instant> {
+        self.replay
+            .front()
+            .map(|o| o.queued_at + self.cfg.max_replay_age)
+    }
+
+    /// Session config.
+    pub(crate) fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Mark the session detached from its connection at `now` (starts the ttl).
+    pub fn detach(&mut self, now: Instant) {
+        self.detached_at = Some(now);
+    }
+
+    /// Mark the session attached to a live connection again; the peer's ack resets too,
+    /// since what the peer acknowledged during resume is all we know.
+    pub(crate) fn attach(&mut self) {
+        self.detached_at = None;
+        self.ack_sent = self.recv_next;
+    }
+
+    /// Expired: detached longer than `ttl`, or an unacknowledged message older than
+    /// `max_replay_age`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.detached_at.is_some_and(|t| now >= t + self.cfg.ttl)
+            || self.age_deadline().is_some_and(|d| now >= d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> SessionKeys {
+        SessionKeys {
+            id: SessionId(1),
+            token: ResumeToken::from_bytes([7; 16]),
+        }
+    }
+
+    #[test]
+    fn replay_buffer_is_bounded_and_acks_free_it() {
+        let t = Instant::now();
+        let cfg = SessionConfig {
+            max_replay_bytes: 10,
+            max_replay_messages: 3,
+            ..SessionConfig::default()
+        };
+        let mut s = Session::new(keys(), cfg);
+        assert_eq!(s.push(t, vec![0; 6]), Ok(Seq(0)));
+        let err = s.push(t, vec![0; 5]).unwrap_err();
+        assert_eq!((err.buffered, err.len, err.max_bytes), (6, 5, 10));
+        assert_eq!(s.push(t, vec![0; 4]), Ok(Seq(1)));
+        assert_eq!(s.push(t, vec![]), Ok(Seq(2)));
+        assert_eq!(s.push(t, vec![]).unwrap_err().messages, 3);
+        s.on_ack(2).unwrap();
+        assert_eq!((s.unacked(), s.unacked_bytes()), (1, 0));
+        assert_eq!(s.payload(2), Some(&[][..]));
+        assert_eq!(s.payload(1), None);
+        assert_eq!(s.on_ack(9), Err(SessionError::BadAck { acked: 9, sent: 3 }));
+    }
+
+    #[test]
+    fn receive_side_drops_duplicates_and_rejects_gaps() {
+        let mut s = Session::new(keys(), SessionConfig::default());
+        assert_eq!(s.classify(0), Ok(Incoming::Next));
+        s.delivered();
+        assert_eq!(s.classify(0), Ok(Incoming::Duplicate));
+        assert_eq!(
+            s.classify(5),
+            Err(SessionError::Gap {
+                got: 5,
+                expected: 1
+            })
+        );
+    }
+
+    #[test]
+    fn expiry_by_ttl_and_by_age() {
+        let t = Instant::now();
+        let cfg = SessionConfig {
+            ttl: Duration::from_secs(10),
+            max_replay_age: Duration::from_secs(30),
+            ..SessionConfig::default()
+        };
+        let mut s = Session::new(keys(), cfg);
+        s.detach(t);
+        assert!(!s.is_expired(t + Duration::from_secs(9)));
+        assert!(s.is_expired(t + Duration::from_secs(10)));
+        let mut s = Session::new(keys(), cfg);
+        s.push(t, vec![1]).unwrap();
+        assert!(!s.is_expired(t + Duration::from_secs(29)));
+        assert!(s.is_expired(t + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn token_comparison() {
+        let a = ResumeToken::from_bytes([1; 16]);
+        let mut b = [1; 16];
+        assert!(a.ct_eq(&ResumeToken::from_bytes(b)));
+        b[15] = 0;
+        assert!(!a.ct_eq(&ResumeToken::from_bytes(b)));
+        assert_eq!(format!("{a:?}"), "ResumeToken(..)");
+    }
+}
