@@ -7,7 +7,7 @@ use crate::frame::{self, CloseCode, Frame, FrameType, Hello, VERSION, Welcome};
 use crate::liveness::Liveness;
 use crate::policy::{PingEnforcer, PingVerdict, backoff_timing};
 use crate::rtt::RttStats;
-use crate::session::{ResumeToken, Seq, Session, SessionId, SessionKeys};
+use crate::session::{ResumeToken, Room, Seq, Session, SessionId, SessionKeys};
 use crate::store::SessionStore;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -514,6 +514,12 @@ impl Binary {
             d = d.min(a);
         }
         Some(d)
+    }
+
+    pub(crate) fn room_for(&self, len: usize) -> Room {
+        self.session
+            .as_ref()
+            .map_or(Room::Later, |s| s.room_for(len))
     }
 
     pub(crate) fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {

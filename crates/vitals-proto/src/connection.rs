@@ -23,7 +23,7 @@ use crate::json_conn::Json;
 use crate::liveness::LivenessConfig;
 use crate::policy::ServerPolicy;
 use crate::rtt::RttStats;
-use crate::session::{Seq, Session, SessionConfig, SessionId, SessionKeys};
+use crate::session::{Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
 use std::time::{Duration, Instant};
 
@@ -223,6 +223,15 @@ impl Connection {
         match &mut self.inner {
             Inner::Binary(b) => b.handle_timeout(now),
             Inner::Json(j) => j.handle_timeout(now),
+        }
+    }
+
+    /// Whether [`send`](Self::send) would take a message of `len` bytes now, later (after acks or
+    /// draining), or never.
+    pub fn room_for(&self, len: usize) -> Room {
+        match &self.inner {
+            Inner::Binary(b) => b.room_for(len),
+            Inner::Json(j) => j.room_for(len),
         }
     }
 

@@ -85,6 +85,12 @@ pub enum CloseCode {
     LimitExceeded,
     /// 8: the peer was declared dead by the liveness detector (local only; may be sent best-effort).
     Timeout,
+    /// 9: the server is shutting down (graceful drain); the client should reconnect elsewhere/later.
+    Shutdown,
+    /// 10: the server is at its connection limit; the client should back off and retry.
+    ServerFull,
+    /// 11: the connection reached the server's maximum connection age; reconnect and resume.
+    MaxAge,
     /// Any other code.
     Other(u16),
 }
@@ -102,6 +108,9 @@ impl CloseCode {
             CloseCode::VersionMismatch => 6,
             CloseCode::LimitExceeded => 7,
             CloseCode::Timeout => 8,
+            CloseCode::Shutdown => 9,
+            CloseCode::ServerFull => 10,
+            CloseCode::MaxAge => 11,
             CloseCode::Other(c) => c,
         }
     }
@@ -118,6 +127,9 @@ impl CloseCode {
             6 => CloseCode::VersionMismatch,
             7 => CloseCode::LimitExceeded,
             8 => CloseCode::Timeout,
+            9 => CloseCode::Shutdown,
+            10 => CloseCode::ServerFull,
+            11 => CloseCode::MaxAge,
             c => CloseCode::Other(c),
         }
     }

@@ -11,7 +11,7 @@ use crate::json::{JsonDecoder, JsonMessage, encode_json_ping, encode_json_pong};
 use crate::liveness::Liveness;
 use crate::policy::{PingEnforcer, PingVerdict};
 use crate::rtt::RttStats;
-use crate::session::Seq;
+use crate::session::{Room, Seq};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -182,6 +182,16 @@ impl Json {
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         (!self.closed).then(|| self.live.deadline())
+    }
+
+    pub(crate) fn room_for(&self, len: usize) -> Room {
+        if len > self.cfg.max_send_queue {
+            Room::Never
+        } else if self.queued_bytes.saturating_add(len) <= self.cfg.max_send_queue {
+            Room::Now
+        } else {
+            Room::Later
+        }
     }
 
     pub(crate) fn send(&mut self, payload: Vec<u8>) -> Result<Seq, SendError> {

@@ -66,5 +66,5 @@ pub use liveness::LivenessConfig;
 pub use phi::{MIN_SAMPLES as PHI_MIN_SAMPLES, PhiConfig};
 pub use policy::{ServerPolicy, backoff_timing};
 pub use rtt::RttStats;
-pub use session::{ResumeToken, Seq, Session, SessionConfig, SessionId, SessionKeys};
+pub use session::{ResumeToken, Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 pub use store::{MemoryStore, SessionStore};

@@ -14,6 +14,17 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Seq(pub u64);
 
+/// Whether a send buffer can take a message of a given size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// It fits now.
+    Now,
+    /// It fits once the peer acknowledges (or the queue drains).
+    Later,
+    /// It never fits: it is larger than the whole buffer.
+    Never,
+}
+
 /// Session identifier chosen by the server (supplied by the runtime, e.g. from OS randomness).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(pub u64);
@@ -182,6 +193,25 @@ impl Session {
     /// server answered "unknown session"; see docs/PROTOCOL.md for what that guarantees).
     pub fn into_unacked(self) -> Vec<Vec<u8>> {
         self.replay.into_iter().map(|o| o.payload).collect()
+    }
+
+    /// Whether [`push`](Self::push) would take a message of `len` bytes now: [`Room::Now`], after
+    /// acknowledgements free space ([`Room::Later`]), or never (larger than the whole buffer).
+    pub fn room_for(&self, len: usize) -> Room {
+        if len > self.cfg.max_replay_bytes {
+            Room::Never
+        } else if self.replay.len() < self.cfg.max_replay_messages
+            && self.replay_bytes.saturating_add(len) <= self.cfg.max_replay_bytes
+        {
+            Room::Now
+        } else {
+            Room::Later
+        }
+    }
+
+    /// True when a message of `len` bytes fits now (see [`room_for`](Self::room_for)).
+    pub fn has_room(&self, len: usize) -> bool {
+        self.room_for(len) == Room::Now
     }
 
     /// Queue a message; it stays until acknowledged.

@@ -1,4 +1,28 @@
-//! vitals: the runtime (server engine, tokio-facing `Server` and `Client`). Being filled in.
+//! vitals: long-lived TCP connections that know when they are dead, and lose nothing when they die.
+//!
+//! # Layout
+//! - [`server`]: [`Server`] — one mio event loop per core over a slab of compact connections, every
+//!   heartbeat deadline in a vitals-timer wheel; a tokio-facing handle for events and sends.
+//! - [`client`]: [`Client`] — a tokio task per connection over the same protocol core, reconnecting with
+//!   [`backoff`] and resuming its session.
+//! - [`config`], [`event`], [`error`]: settings, what the application is told, what can fail.
+//! - [`socket`]: TCP options derived from the liveness timeout; [`metrics`]: metric names.
+//!
+//! The protocol itself (frames, liveness, sessions) lives in the sans-IO crate `vitals-proto`; this crate
+//! only moves bytes and time in and out of it.
 
 pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod server;
 pub mod socket;
+
+pub use client::Client;
+pub use config::{ClientConfig, Codec, ServerConfig};
+pub use error::Error;
+pub use event::{ClientEvent, ConnId, DisconnectReason, ServerEvent};
+pub use server::{Server, ServerHandle};
+pub use vitals_proto;

@@ -1,0 +1,548 @@
+//! The client: one tokio task per connection over the protocol core, that reconnects with jittered
+//! backoff and resumes its session so that no message is lost or duplicated.
+//!
+//! The task owns the socket, the [`Connection`] core and its one deadline (a single tokio sleep: a
+//! client holds one connection, so there is nothing for a wheel to share; the server keeps all of its
+//! connections' deadlines in timing wheels). Between connections the session (with every message not yet
+//! acknowledged) is kept, and [`Client::send`] keeps queueing into it; on reconnect the core replays what
+//! the server has not acknowledged.
+//!
+//! Guarantees: with a server that keeps the session (a resume succeeds), every message arrives exactly
+//! once, in order, both ways. If the server lost the session (restart with the in-memory store, expiry),
+//! the client is told ([`ClientEvent::SessionLost`]), opens a new session and re-sends its unacknowledged
+//! messages in order: a message the server had received but not yet acknowledged can then arrive twice
+//! (at-least-once across a lost session), and messages the server had queued for us are gone.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use vitals_proto::{
+    CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError, Session,
+};
+
+use crate::backoff::Backoff;
+use crate::config::{ClientConfig, Codec};
+use crate::error::Error;
+use crate::event::{ClientEvent, DisconnectReason};
+use crate::metrics as m;
+use crate::socket::SocketOptions;
+
+/// Read buffer of the client task.
+const READ_BUF: usize = 64 * 1024;
+/// Most bytes gathered from the core per write.
+const OUT_BATCH: usize = 256 * 1024;
+
+/// Where the task answers one `send`.
+type Reply = oneshot::Sender<Result<(), Error>>;
+
+enum Cmd {
+    Send { payload: Vec<u8>, done: Reply },
+    Close { done: oneshot::Sender<()> },
+}
+
+/// A reconnecting, resuming client. Dropping it stops the task (without an orderly CLOSE; use
+/// [`close`](Self::close) for that).
+pub struct Client {
+    cmds: mpsc::Sender<Cmd>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts the client task on the current tokio runtime. It connects in the background; watch
+    /// [`next_event`](Self::next_event) for [`ClientEvent::Connected`].
+    pub fn connect(cfg: ClientConfig) -> Client {
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(Task::new(cfg, cmd_rx, ev_tx).run());
+        Client {
+            cmds: cmd_tx,
+            events,
+            task,
+        }
+    }
+
+    /// Queues a message. Waits while the replay buffer is full (back-pressure) — also while
+    /// disconnected, once the buffer is full. Errors: [`Error::Rejected`] for a message that can never
+    /// fit or is not valid in the codec, [`Error::Shutdown`] after close.
+    pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Send { payload, done })
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        wait.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// The next event; `None` after the client stopped.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next_event(&mut self) -> Option<ClientEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Orderly close: sends CLOSE (`Normal`, ending the session on the server) and stops.
+    pub async fn close(mut self) {
+        let (done, wait) = oneshot::channel();
+        if self.cmds.send(Cmd::Close { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How one connection ended.
+struct Ended {
+    reason: DisconnectReason,
+    /// The session to resume (binary mode), if it survives.
+    session: Option<Session>,
+    /// The server said the session is gone: start a new one with these messages.
+    lost: Option<(vitals_proto::SessionId, Vec<Vec<u8>>)>,
+    /// Timing to use next (doubled after a ping-abuse close).
+    next_config: Option<ProtoConfig>,
+    connected_at: Option<Instant>,
+    /// The user asked to close: stop.
+    closing: bool,
+}
+
+struct Task {
+    cfg: ClientConfig,
+    cmds: mpsc::Receiver<Cmd>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    backoff: Backoff,
+    /// A message waiting for room in the replay buffer.
+    blocked: Option<(Vec<u8>, Reply)>,
+    /// Session kept between connections.
+    session: Option<Session>,
+    /// Messages to re-send in a fresh session after the old one was lost.
+    resend: Vec<Vec<u8>>,
+    lost_session: Option<vitals_proto::SessionId>,
+}
+
+impl Task {
+    fn new(
+        cfg: ClientConfig,
+        cmds: mpsc::Receiver<Cmd>,
+        events: mpsc::UnboundedSender<ClientEvent>,
+    ) -> Task {
+        Task {
+            backoff: Backoff::new(cfg.backoff),
+            cfg,
+            cmds,
+            events,
+            blocked: None,
+            session: None,
+            resend: Vec::new(),
+            lost_session: None,
+        }
+    }
+
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.events.send(event);
+    }
+
+    async fn run(mut self) {
+        loop {
+            let stream = match tokio::time::timeout(
+                self.cfg.connect_timeout,
+                TcpStream::connect(self.cfg.server),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(server = %self.cfg.server, error = %e, "connect failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(server = %self.cfg.server, "connect timed out");
+                    None
+                }
+            };
+            let ended = match stream {
+                Some(stream) => self.run_connection(stream).await,
+                None => Ended {
+                    reason: DisconnectReason::Io("connect failed".into()),
+                    session: None,
+                    lost: None,
+                    next_config: None,
+                    connected_at: None,
+                    closing: false,
+                },
+            };
+            if ended.connected_at.is_some() {
+                self.emit(ClientEvent::Dead {
+                    reason: ended.reason.clone(),
+                });
+                m::disconnect(&ended.reason);
+            }
+            if let Some(s) = ended.session {
+                self.session = Some(s);
+            }
+            if let Some((id, msgs)) = ended.lost {
+                self.session = None;
+                self.lost_session = Some(id);
+                self.resend = msgs;
+            }
+            if let Some(cfg) = ended.next_config {
+                tracing::info!(interval = ?cfg.liveness.interval, "server said we ping too often; backing off the interval");
+                self.cfg.proto = cfg;
+            }
+            if ended.closing || !self.cfg.reconnect {
+                self.fail_blocked();
+                self.emit(ClientEvent::Closed {
+                    reason: ended.reason,
+                });
+                return;
+            }
+            let now = Instant::now();
+            if let Some(at) = ended.connected_at {
+                self.backoff.connection_ended(at, now);
+            }
+            let delay = self.backoff.next_delay();
+            metrics::counter!(m::RECONNECTS).increment(1);
+            self.emit(ClientEvent::Reconnecting {
+                attempt: self.backoff.attempt(),
+                delay,
+            });
+            if self.wait_offline(delay).await {
+                self.fail_blocked();
+                self.emit(ClientEvent::Closed {
+                    reason: DisconnectReason::LocalClose {
+                        code: CloseCode::Normal,
+                        reason: "client closed".into(),
+                    },
+                });
+                return;
+            }
+        }
+    }
+
+    fn fail_blocked(&mut self) {
+        if let Some((_, done)) = self.blocked.take() {
+            let _ = done.send(Err(Error::Shutdown));
+        }
+    }
+
+    /// Sleeps `delay` while still taking messages into the detached session. True if the user closed.
+    async fn wait_offline(&mut self, delay: Duration) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            if self.blocked.is_none()
+                && let Some(session) = &mut self.session
+            {
+                // Accept into the stored session while it has room.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => return false,
+                    cmd = self.cmds.recv() => match cmd {
+                        Some(Cmd::Send { payload, done }) => {
+                            if session.has_room(payload.len()) {
+                                let r = session.push(Instant::now(), payload).map(|_| ()).map_err(|e| Error::Backpressure(e.to_string()));
+                                let _ = done.send(r);
+                            } else {
+                                self.blocked = Some((payload, done));
+                            }
+                        }
+                        Some(Cmd::Close { done }) => { let _ = done.send(()); return true; }
+                        None => return true,
+                    },
+                }
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => return false,
+                    cmd = self.cmds.recv(), if self.blocked.is_none() => match cmd {
+                        Some(Cmd::Send { payload, done }) => self.blocked = Some((payload, done)),
+                        Some(Cmd::Close { done }) => { let _ = done.send(()); return true; }
+                        None => return true,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Drives one connection until it ends.
+    async fn run_connection(&mut self, stream: TcpStream) -> Ended {
+        let now = Instant::now();
+        let timeout = match self.cfg.codec {
+            Codec::Binary => self.cfg.proto.liveness.timeout,
+            Codec::Json => self.cfg.json.liveness.timeout,
+        };
+        if let Err(e) = SocketOptions::for_timeout(timeout).apply(&stream) {
+            tracing::debug!(error = %e, "socket options not applied");
+        }
+        let resuming = self.session.as_ref().map(|s| (s.id(), s.unacked()));
+        let mut proto = match (self.cfg.codec, self.session.take()) {
+            (Codec::Json, _) => Connection::json(now, Role::Client, self.cfg.json),
+            (Codec::Binary, Some(s)) => Connection::client_resume(now, self.cfg.proto, s),
+            (Codec::Binary, None) => Connection::client(now, self.cfg.proto),
+        };
+        let resent = std::mem::take(&mut self.resend);
+        let resent_count = resent.len();
+        for payload in resent {
+            // A new session has the full buffer: these fit, as they fitted in the old one.
+            if let Err(e) = proto.send(now, payload) {
+                tracing::warn!(error = %e, "could not re-send a message after a lost session");
+            }
+        }
+        let mut conn = ConnIo {
+            stream,
+            buf: vec![0; READ_BUF],
+            out: Vec::new(),
+            out_off: 0,
+        };
+        let mut connected_at = None;
+        let mut closing = false;
+        if self.cfg.codec == Codec::Json {
+            connected_at = Some(now);
+            let live = self.cfg.json.liveness;
+            self.emit(ClientEvent::Connected {
+                session: None,
+                interval: live.interval,
+                timeout: live.timeout,
+            });
+        }
+        let mut reason: Option<DisconnectReason> = None;
+        loop {
+            // Room freed by acks: take the blocked message.
+            if let Some((payload, done)) = self.blocked.take() {
+                match proto.room_for(payload.len()) {
+                    Room::Now => {
+                        let r = proto
+                            .send(Instant::now(), payload)
+                            .map(|_| ())
+                            .map_err(send_error);
+                        let _ = done.send(r);
+                    }
+                    Room::Later => self.blocked = Some((payload, done)),
+                    Room::Never => {
+                        let _ = done.send(Err(Error::Rejected(
+                            "message larger than the replay buffer".into(),
+                        )));
+                    }
+                }
+            }
+            if let Err(e) = conn.flush(&mut proto) {
+                reason = Some(DisconnectReason::from_io(&e));
+                break;
+            }
+            while let Some(event) = proto.poll_event() {
+                match event {
+                    Event::Connected {
+                        session,
+                        resumed,
+                        interval,
+                        timeout,
+                    } => {
+                        connected_at = Some(Instant::now());
+                        self.emit(ClientEvent::Connected {
+                            session: Some(session),
+                            interval,
+                            timeout,
+                        });
+                        if resumed {
+                            let replayed = resuming.map_or(0, |(_, n)| n);
+                            metrics::counter!(m::RESUMES).increment(1);
+                            metrics::counter!(m::REPLAYED).increment(replayed as u64);
+                            self.emit(ClientEvent::Resumed { session, replayed });
+                        } else if let Some(lost) = self.lost_session.take() {
+                            self.emit(ClientEvent::SessionLost {
+                                session: lost,
+                                resent: resent_count,
+                            });
+                        }
+                    }
+                    Event::Message { payload, .. } => self.emit(ClientEvent::Message(payload)),
+                    Event::Rtt(rtt) => {
+                        m::rtt(rtt.latest);
+                        self.emit(ClientEvent::Rtt(rtt));
+                    }
+                    Event::Suspect { phi } => self.emit(ClientEvent::Suspect { phi }),
+                    Event::Dead { .. } => {
+                        reason.get_or_insert(DisconnectReason::SilenceTimeout);
+                    }
+                    Event::Closed {
+                        code,
+                        reason: text,
+                        by_peer,
+                    } => {
+                        reason.get_or_insert(DisconnectReason::from_close(code, &text, by_peer));
+                    }
+                    Event::Stalled { late_by } => {
+                        metrics::counter!(m::LOCAL_STALLS).increment(1);
+                        tracing::warn!(?late_by, "local stall: timer fired late; no conviction");
+                    }
+                    Event::PingStrike { .. } | Event::ResumeRequested { .. } => {}
+                }
+            }
+            if proto.is_closed() {
+                // Best effort: let the CLOSE leave.
+                let _ = conn.flush(&mut proto);
+                break;
+            }
+            let deadline = proto.poll_timeout().map(tokio::time::Instant::from_std);
+            let interest = if conn.has_pending() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            tokio::select! {
+                ready = conn.stream.ready(interest) => {
+                    match ready {
+                        Ok(r) if r.is_readable() || r.is_read_closed() => {
+                            if let Some(r) = conn.read(&mut proto) {
+                                reason = Some(r);
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => { reason = Some(DisconnectReason::from_io(&e)); break; }
+                    }
+                }
+                _ = sleep_until_opt(deadline) => proto.handle_timeout(Instant::now()),
+                cmd = self.cmds.recv(), if self.blocked.is_none() => match cmd {
+                    Some(Cmd::Send { payload, done }) => match proto.room_for(payload.len()) {
+                        Room::Now => {
+                            let r = proto.send(Instant::now(), payload).map(|_| ()).map_err(send_error);
+                            let _ = done.send(r);
+                        }
+                        Room::Later => self.blocked = Some((payload, done)),
+                        Room::Never => {
+                            let _ = done.send(Err(Error::Rejected("message larger than the replay buffer".into())));
+                        }
+                    },
+                    Some(Cmd::Close { done }) => {
+                        closing = true;
+                        proto.close(CloseCode::Normal, "client closed");
+                        let _ = conn.flush(&mut proto);
+                        let _ = done.send(());
+                    }
+                    None => {
+                        closing = true;
+                        proto.close(CloseCode::Normal, "client dropped");
+                        let _ = conn.flush(&mut proto);
+                    }
+                },
+            }
+        }
+        let now = Instant::now();
+        let reason = reason.unwrap_or(DisconnectReason::Eof);
+        let next_config = match &reason {
+            DisconnectReason::PingAbuse => proto.reconnect_config(),
+            _ => None,
+        };
+        let session_gone = matches!(
+            &reason,
+            DisconnectReason::PeerClosed {
+                code: CloseCode::UnknownSession | CloseCode::BadToken | CloseCode::SessionExpired,
+                ..
+            }
+        );
+        let taken = proto.take_session(now);
+        let (session, lost) = match taken {
+            Some(s) if session_gone => {
+                let id = s.id();
+                (None, Some((id, s.into_unacked())))
+            }
+            other => (other, None),
+        };
+        tracing::debug!(reason = reason.label(), "connection ended");
+        Ended {
+            reason,
+            session,
+            lost,
+            next_config,
+            connected_at,
+            closing,
+        }
+    }
+}
+
+fn send_error(e: SendError) -> Error {
+    match e {
+        SendError::Backpressure(b) => Error::Backpressure(b.to_string()),
+        other => Error::Rejected(other.to_string()),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The socket side of one client connection.
+struct ConnIo {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    out_off: usize,
+}
+
+impl ConnIo {
+    fn has_pending(&self) -> bool {
+        self.out_off < self.out.len()
+    }
+
+    /// Writes what the core has to send, as far as the socket takes it.
+    fn flush(&mut self, proto: &mut Connection) -> io::Result<()> {
+        loop {
+            if !self.has_pending() {
+                self.out.clear();
+                self.out_off = 0;
+                while self.out.len() < OUT_BATCH && proto.poll_transmit(&mut self.out) > 0 {}
+                if self.out.is_empty() {
+                    return Ok(());
+                }
+            }
+            match self.stream.try_write(&self.out[self.out_off..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out_off += n;
+                    metrics::counter!(m::BYTES_OUT).increment(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads what is there into the core. `Some(reason)` when the connection ended.
+    fn read(&mut self, proto: &mut Connection) -> Option<DisconnectReason> {
+        loop {
+            match self.stream.try_read(&mut self.buf) {
+                Ok(0) => return Some(DisconnectReason::Eof),
+                Ok(n) => {
+                    metrics::counter!(m::BYTES_IN).increment(n as u64);
+                    proto.handle_input(Instant::now(), &self.buf[..n]);
+                    if proto.is_closed() {
+                        return None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(DisconnectReason::from_io(&e)),
+            }
+        }
+    }
+}

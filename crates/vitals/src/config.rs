@@ -1,0 +1,126 @@
+//! Configuration of the server and the client, with the defaults an operator would expect.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use vitals_proto::{Config as ProtoConfig, JsonConfig, LivenessConfig};
+
+use crate::backoff::BackoffConfig;
+
+/// Which wire protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// vitals' binary frames: negotiated timing, sessions, lossless resume.
+    #[default]
+    Binary,
+    /// The classic JSON heartbeat (`{"ping":N}` / `{"pong":N}`): liveness only, no sessions.
+    Json,
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:7878`.
+    pub listen: SocketAddr,
+    /// Wire protocol. Default binary.
+    pub codec: Codec,
+    /// Binary-protocol settings: liveness proposal, limits, sessions, and the timing policy the server
+    /// grants and enforces.
+    pub proto: ProtoConfig,
+    /// JSON-mode settings.
+    pub json: JsonConfig,
+    /// Most open connections; beyond it a new connection gets a CLOSE (`ServerFull`) and is closed.
+    /// Default 100,000.
+    pub max_connections: usize,
+    /// Event-loop threads (each with its own SO_REUSEPORT listener). Default: available cores.
+    pub loops: usize,
+    /// Close connections after this age (±10 % jitter) so that load rebalances; clients resume.
+    /// Default none.
+    pub max_connection_age: Option<Duration>,
+    /// Tick of the loops' timer wheels. Default 1 ms.
+    pub tick: Duration,
+    /// Most bytes queued for a connection whose socket does not drain; beyond it the connection is
+    /// closed with [`DisconnectReason::WriteStall`](crate::DisconnectReason::WriteStall). Default 4 MiB.
+    pub max_write_buffer: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            codec: Codec::Binary,
+            proto: ProtoConfig::default(),
+            json: JsonConfig::default(),
+            max_connections: 100_000,
+            loops: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_connection_age: None,
+            tick: Duration::from_millis(1),
+            max_write_buffer: 4 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The liveness settings in force for `codec`.
+    pub fn liveness(&self) -> LivenessConfig {
+        match self.codec {
+            Codec::Binary => self.proto.liveness,
+            Codec::Json => self.json.liveness,
+        }
+    }
+
+    /// Sets interval and timeout for both codecs (and, for the binary codec, the largest values the
+    /// server grants).
+    pub fn with_timing(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.proto.liveness.interval = interval;
+        self.proto.liveness.timeout = timeout;
+        self.json.liveness.interval = interval;
+        self.json.liveness.timeout = timeout;
+        self
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Server address.
+    pub server: SocketAddr,
+    /// Wire protocol. Default binary.
+    pub codec: Codec,
+    /// Binary-protocol settings (the liveness values are a proposal; the server's grant wins).
+    pub proto: ProtoConfig,
+    /// JSON-mode settings.
+    pub json: JsonConfig,
+    /// Connect attempt timeout. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// Reconnect after the connection dies. Default true.
+    pub reconnect: bool,
+}
+
+impl ClientConfig {
+    /// Defaults for a server at `server`.
+    pub fn new(server: SocketAddr) -> Self {
+        ClientConfig {
+            server,
+            codec: Codec::Binary,
+            proto: ProtoConfig::default(),
+            json: JsonConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            backoff: BackoffConfig::default(),
+            reconnect: true,
+        }
+    }
+
+    /// Sets the proposed interval and timeout for both codecs.
+    pub fn with_timing(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.proto.liveness.interval = interval;
+        self.proto.liveness.timeout = timeout;
+        self.json.liveness.interval = interval;
+        self.json.liveness.timeout = timeout;
+        self
+    }
+}

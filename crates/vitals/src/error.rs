@@ -1,0 +1,26 @@
+//! Errors of the runtime.
+
+use thiserror::Error;
+
+/// What can go wrong in the vitals runtime.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A socket operation failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The configuration is inconsistent; the text says what to change.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The connection (or session) named does not exist (any more).
+    #[error("no such connection or session")]
+    NotFound,
+    /// The replay buffer or send queue is full: wait for acknowledgements and retry.
+    #[error("send buffer full: {0}")]
+    Backpressure(String),
+    /// The payload cannot be sent in this mode (e.g. not one JSON object in JSON mode).
+    #[error("cannot send: {0}")]
+    Rejected(String),
+    /// The server or client has shut down.
+    #[error("shut down")]
+    Shutdown,
+}

@@ -1,0 +1,683 @@
+//! One event loop: a mio `Poll` over a slab of connections, one timing wheel holding all their
+//! deadlines, one scratch read buffer and one output buffer. A server runs one loop per core, each with
+//! its own SO_REUSEPORT listener.
+//!
+//! Per iteration: wait for readiness or the wheel's next deadline; accept; read each ready socket into
+//! the scratch buffer and feed its protocol core; run expired deadlines; then for every touched
+//! connection: hand its events to the application, write what it has to send, re-arm its deadline.
+//! A heartbeat costs one `epoll_wait` share, one `read`, one `write`; a reset of a deadline to later only
+//! stores it (the wheel re-files lazily).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tokio::sync::mpsc::UnboundedSender;
+use vitals_proto::{CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys};
+use vitals_timer::{Jitter, Wheel};
+
+use super::conn::{Conn, read_into, write_some};
+use super::shared::{Command, Shared};
+use crate::config::Codec;
+use crate::event::{ConnId, DisconnectReason, ServerEvent};
+use crate::metrics as m;
+use crate::socket::SocketOptions;
+
+/// Token of the listener.
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the waker that signals queued commands.
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+
+/// Scratch read buffer size: large enough for a burst of frames, shared by all connections of a loop.
+const SCRATCH: usize = 64 * 1024;
+/// Most bytes gathered from a protocol core per write call.
+const OUT_BATCH: usize = 256 * 1024;
+/// How long a closing connection may take to flush its last bytes (CLOSE frame) outside a drain.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// One event loop's state.
+pub(crate) struct Loop {
+    shard: u16,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    wheel: Wheel<usize>,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    events: UnboundedSender<ServerEvent>,
+    scratch: Vec<u8>,
+    out: Vec<u8>,
+    next_generation: u32,
+    jitter: Jitter,
+    socket_options: SocketOptions,
+    stall_limit: Duration,
+    draining: Option<Instant>,
+    /// Connections touched in this iteration, serviced once at its end.
+    touched: Vec<usize>,
+}
+
+impl Loop {
+    pub(crate) fn new(
+        shard: u16,
+        poll: Poll,
+        listener: TcpListener,
+        commands: Receiver<Command>,
+        shared: Arc<Shared>,
+        events: UnboundedSender<ServerEvent>,
+    ) -> io::Result<Loop> {
+        let mut listener = listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let timeout = shared.cfg.liveness().timeout;
+        let wheel = Wheel::with_tick(Instant::now(), shared.cfg.tick, 0)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(Loop {
+            shard,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            wheel,
+            commands,
+            events,
+            scratch: vec![0; SCRATCH],
+            out: Vec::with_capacity(OUT_BATCH),
+            next_generation: 0,
+            jitter: Jitter::seeded(),
+            socket_options: SocketOptions::for_timeout(timeout),
+            stall_limit: timeout,
+            draining: None,
+            touched: Vec::new(),
+            shared,
+        })
+    }
+
+    /// Runs until shutdown has drained (or the server handle is gone).
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = self.draining
+                && (self.conns.is_empty() || now >= deadline)
+            {
+                self.close_all(now);
+                return;
+            }
+            let timeout = self
+                .wheel
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(shard = self.shard, error = %e, "poll failed; loop exits");
+                self.close_all(Instant::now());
+                return;
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => {
+                        if !self.run_commands(now) {
+                            self.close_all(now);
+                            return;
+                        }
+                    }
+                    Token(idx) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(idx, now, event.is_read_closed());
+                        }
+                        self.touched.push(idx);
+                    }
+                }
+            }
+            self.expire(now);
+            self.service_touched(now);
+        }
+    }
+
+    /// Accepts every pending connection.
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: the connection stays in the backlog; try again next wake-up.
+                    tracing::warn!(shard = self.shard, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr, now: Instant) {
+        let cfg = &self.shared.cfg;
+        if self.draining.is_some() {
+            return;
+        }
+        if self.shared.open.fetch_add(1, Ordering::AcqRel) >= cfg.max_connections {
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+            tracing::info!(%peer, limit = cfg.max_connections, "connection limit reached; refusing");
+            if cfg.codec == Codec::Binary {
+                let mut buf = Vec::new();
+                vitals_proto::frame::encode_close(&mut buf, CloseCode::ServerFull, "server full");
+                let _ = write_some(&mut stream, &buf);
+            }
+            return;
+        }
+        if let Err(e) = self.socket_options.apply(&stream) {
+            tracing::debug!(%peer, error = %e, "socket options not applied");
+        }
+        let proto = match cfg.codec {
+            Codec::Binary => Connection::server(now, cfg.proto, fresh_keys()),
+            Codec::Json => Connection::json(now, Role::Server, cfg.json),
+        };
+        let expires = cfg.max_connection_age.map(|age| {
+            // ±10 % so that connections accepted together do not all expire together.
+            let low = age.mul_f64(0.9);
+            now + low + self.jitter.sample(age.mul_f64(0.2))
+        });
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(idx), Interest::READABLE)
+        {
+            tracing::warn!(%peer, error = %e, "register failed");
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        entry.insert(Conn::new(stream, proto, peer, generation, expires));
+        metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
+        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+        if cfg.codec == Codec::Json {
+            let conn = self.id(idx, generation);
+            let _ = self.events.send(ServerEvent::Connected {
+                conn,
+                peer,
+                session: None,
+                resumed: false,
+            });
+        }
+        self.touched.push(idx);
+    }
+
+    fn id(&self, index: usize, generation: u32) -> ConnId {
+        ConnId {
+            shard: self.shard,
+            index: index as u32,
+            generation,
+        }
+    }
+
+    /// The slab index of `conn` if it is one of ours and still alive.
+    fn index_of(&self, conn: ConnId) -> Option<usize> {
+        let idx = conn.index as usize;
+        (conn.shard == self.shard
+            && self
+                .conns
+                .get(idx)
+                .is_some_and(|c| c.generation == conn.generation))
+        .then_some(idx)
+    }
+
+    fn read(&mut self, idx: usize, now: Instant, read_closed: bool) {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if conn.linger_until.is_some() {
+            // Closing: discard input, only flush.
+            let (_, ended) = read_into(&mut conn.stream, &mut self.scratch, read_closed, |_| true);
+            if let Some(reason) = ended {
+                conn.break_with(reason);
+            }
+            return;
+        }
+        let proto = &mut conn.proto;
+        let (n, ended) = read_into(&mut conn.stream, &mut self.scratch, read_closed, |chunk| {
+            proto.handle_input(now, chunk);
+            !proto.is_closed()
+        });
+        metrics::counter!(m::BYTES_IN).increment(n as u64);
+        if let Some(reason) = ended {
+            conn.break_with(reason);
+        }
+    }
+
+    /// Runs every deadline that has passed.
+    fn expire(&mut self, now: Instant) {
+        while let Some(expired) = self.wheel.poll(now) {
+            let idx = expired.value;
+            let Some(conn) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if conn.timer != Some(expired.key) {
+                continue;
+            }
+            conn.timer = None;
+            let lingered_out = conn.linger_until.is_some_and(|t| now >= t);
+            let write_stalled = conn
+                .stalled_since
+                .is_some_and(|t| now >= t + self.stall_limit);
+            if lingered_out || write_stalled {
+                conn.break_with(DisconnectReason::WriteStall);
+            } else if conn.expires.is_some_and(|t| now >= t) {
+                conn.expires = None;
+                conn.proto
+                    .close(CloseCode::MaxAge, "maximum connection age");
+            } else {
+                conn.proto.handle_timeout(now);
+            }
+            self.touched.push(idx);
+        }
+    }
+
+    /// Hands events to the application, writes, re-arms deadlines, and tears down what ended.
+    fn service_touched(&mut self, now: Instant) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &idx in &touched {
+            self.service(idx, now);
+        }
+        touched.clear();
+        // Keep the allocation; servicing may have pushed more (e.g. evictions) — handle those too.
+        while !self.touched.is_empty() {
+            let more = std::mem::take(&mut self.touched);
+            for idx in more {
+                self.service(idx, now);
+            }
+        }
+        self.touched = touched;
+    }
+
+    fn service(&mut self, idx: usize, now: Instant) {
+        if !self.conns.contains(idx) {
+            return;
+        }
+        self.dispatch_events(idx, now);
+        self.flush(idx, now);
+        let linger_end = self.draining.map_or(now + LINGER, |d| d.min(now + LINGER));
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if conn.broken || (conn.proto.is_closed() && conn.pending.is_empty()) {
+            self.teardown(idx, now);
+            return;
+        }
+        if conn.proto.is_closed() {
+            // Its CLOSE (and what was queued before it) is still being written: linger briefly.
+            conn.linger_until.get_or_insert(linger_end);
+        }
+        self.arm(idx);
+    }
+
+    /// Passes the protocol core's events on.
+    fn dispatch_events(&mut self, idx: usize, now: Instant) {
+        let Some(generation) = self.conns.get(idx).map(|c| c.generation) else {
+            return;
+        };
+        let id = self.id(idx, generation);
+        while let Some(event) = self.conns.get_mut(idx).and_then(|c| c.proto.poll_event()) {
+            let Some(conn) = self.conns.get_mut(idx) else {
+                return;
+            };
+            let out = match event {
+                Event::ResumeRequested { session } => {
+                    self.resume(idx, id, session, now);
+                    None
+                }
+                Event::Connected {
+                    session, resumed, ..
+                } => {
+                    conn.session = Some(session);
+                    self.shared.sessions().routes.insert(session, id);
+                    if resumed {
+                        metrics::counter!(m::RESUMES).increment(1);
+                    }
+                    Some(ServerEvent::Connected {
+                        conn: id,
+                        peer: conn.peer,
+                        session: Some(session),
+                        resumed,
+                    })
+                }
+                Event::Message { payload, .. } => Some(ServerEvent::Message {
+                    conn: id,
+                    session: conn.session,
+                    payload,
+                }),
+                Event::Rtt(rtt) => {
+                    m::rtt(rtt.latest);
+                    Some(ServerEvent::Rtt { conn: id, rtt })
+                }
+                Event::Suspect { phi } => Some(ServerEvent::Suspect { conn: id, phi }),
+                Event::Stalled { late_by } => {
+                    metrics::counter!(m::LOCAL_STALLS).increment(1);
+                    tracing::warn!(
+                        shard = self.shard,
+                        ?late_by,
+                        "local stall: timer fired late; no conviction"
+                    );
+                    None
+                }
+                Event::PingStrike { strikes } => {
+                    metrics::counter!(m::PING_STRIKES).increment(1);
+                    tracing::debug!(peer = %conn.peer, strikes, "ping strike");
+                    None
+                }
+                Event::Dead { silent_for } => {
+                    tracing::info!(peer = %conn.peer, session = ?conn.session, ?silent_for, "peer convicted: silent too long");
+                    conn.end(DisconnectReason::SilenceTimeout);
+                    None
+                }
+                Event::Closed {
+                    code,
+                    reason,
+                    by_peer,
+                } => {
+                    conn.end(DisconnectReason::from_close(code, &reason, by_peer));
+                    None
+                }
+            };
+            if let Some(out) = out {
+                let _ = self.events.send(out);
+            }
+        }
+    }
+
+    /// A client asks to resume `session` on connection `idx`. If the session is still attached to an
+    /// older connection (the client noticed the break first), that connection is evicted and its session
+    /// stored before the resume is resolved.
+    fn resume(&mut self, idx: usize, id: ConnId, session: SessionId, now: Instant) {
+        let holder = self.shared.sessions().routes.get(&session).copied();
+        match holder {
+            Some(victim) if victim != id => {
+                if let Some(vidx) = self.index_of(victim) {
+                    self.evict(vidx, now);
+                } else if victim.shard != self.shard {
+                    if let Some(conn) = self.conns.get_mut(idx) {
+                        conn.awaiting_resume = true;
+                    }
+                    let sent = self
+                        .shared
+                        .to_loop_of(victim, Command::Evict { victim, waiter: id });
+                    if sent {
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.resolve(idx, now);
+    }
+
+    /// Resolves a pending resume on `idx` against the store.
+    fn resolve(&mut self, idx: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        conn.awaiting_resume = false;
+        let mut sessions = self.shared.sessions();
+        let before = sessions.store.purge_expired(now);
+        if before > 0 {
+            tracing::debug!(purged = before, "expired sessions dropped");
+        }
+        conn.proto.resolve_resume(now, sessions.store.as_mut());
+        drop(sessions);
+        self.touched.push(idx);
+    }
+
+    /// Tears down `idx` because its session moved to a new connection.
+    fn evict(&mut self, idx: usize, now: Instant) {
+        const WHY: &str = "session resumed on a new connection";
+        if let Some(conn) = self.conns.get_mut(idx) {
+            conn.end(DisconnectReason::LocalClose {
+                code: CloseCode::Normal,
+                reason: WHY.into(),
+            });
+            conn.proto.close(CloseCode::Normal, WHY);
+            // Best effort: the old connection is most likely dead already.
+            self.flush(idx, now);
+            self.teardown(idx, now);
+        }
+    }
+
+    /// Writes what the connection has to send; keeps what the socket refuses.
+    fn flush(&mut self, idx: usize, now: Instant) {
+        let max_buffer = self.shared.cfg.max_write_buffer;
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if conn.broken {
+            return;
+        }
+        let mut written = 0usize;
+        let result = (|| -> io::Result<()> {
+            if !conn.pending.is_empty() {
+                let n = write_some(&mut conn.stream, &conn.pending)?;
+                written += n;
+                conn.pending.drain(..n);
+                if !conn.pending.is_empty() {
+                    return Ok(());
+                }
+                conn.pending = Vec::new();
+                conn.stalled_since = None;
+            }
+            loop {
+                self.out.clear();
+                while self.out.len() < OUT_BATCH && conn.proto.poll_transmit(&mut self.out) > 0 {}
+                if self.out.is_empty() {
+                    return Ok(());
+                }
+                let n = write_some(&mut conn.stream, &self.out)?;
+                written += n;
+                if n < self.out.len() {
+                    conn.pending.extend_from_slice(&self.out[n..]);
+                    conn.stalled_since.get_or_insert(now);
+                    return Ok(());
+                }
+            }
+        })();
+        metrics::counter!(m::BYTES_OUT).increment(written as u64);
+        if let Err(e) = result {
+            conn.break_with(DisconnectReason::from_io(&e));
+            return;
+        }
+        if conn.pending.len() > max_buffer {
+            conn.break_with(DisconnectReason::WriteStall);
+            return;
+        }
+        let want_writable = !conn.pending.is_empty();
+        if want_writable != conn.writable {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(idx), interest)
+            {
+                Ok(()) => conn.writable = want_writable,
+                Err(e) => conn.break_with(DisconnectReason::from_io(&e)),
+            }
+        }
+    }
+
+    /// Files the connection's next deadline in the wheel: a later one only updates the stored tick.
+    fn arm(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let want = conn.next_deadline(self.stall_limit);
+        match (conn.timer, want) {
+            (Some(key), Some(at)) => {
+                let tick = self.wheel.tick_ceil(at);
+                if tick != conn.timer_tick {
+                    if self.wheel.reset_to_tick(key, tick).is_ok() {
+                        conn.timer_tick = tick;
+                    } else {
+                        conn.timer = None;
+                    }
+                }
+            }
+            (Some(key), None) => {
+                let _ = self.wheel.cancel(key);
+                conn.timer = None;
+            }
+            (None, Some(at)) => {
+                let tick = self.wheel.tick_ceil(at);
+                if let Ok(key) = self.wheel.insert_at_tick(tick, idx) {
+                    conn.timer = Some(key);
+                    conn.timer_tick = tick;
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Removes a connection: deregisters it, stores its session for a resume (unless the close was
+    /// final), and reports why it ended.
+    fn teardown(&mut self, idx: usize, now: Instant) {
+        if !self.conns.contains(idx) {
+            return;
+        }
+        let mut conn = self.conns.remove(idx);
+        let id = self.id(idx, conn.generation);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(key) = conn.timer.take() {
+            let _ = self.wheel.cancel(key);
+        }
+        let reason = conn.reason.take().unwrap_or(DisconnectReason::Io(
+            "connection closed without a recorded reason".into(),
+        ));
+        if let Some(session) = conn.session {
+            let final_close = matches!(
+                &reason,
+                DisconnectReason::PeerClosed {
+                    code: CloseCode::Normal,
+                    ..
+                }
+            );
+            let mut sessions = self.shared.sessions();
+            if sessions.routes.get(&session) == Some(&id) {
+                sessions.routes.remove(&session);
+                if !final_close && let Some(s) = conn.proto.take_session(now) {
+                    sessions.store.put(s);
+                }
+            }
+        }
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+        m::disconnect(&reason);
+        tracing::debug!(peer = %conn.peer, session = ?conn.session, reason = reason.label(), "connection closed");
+        let _ = self.events.send(ServerEvent::Closed {
+            conn: id,
+            session: conn.session,
+            reason,
+        });
+    }
+
+    /// Runs queued commands. False when the server handle is gone (the loop should exit).
+    fn run_commands(&mut self, now: Instant) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(cmd) => self.command(cmd, now),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Send { conn, payload } => {
+                if let Some(idx) = self.index_of(conn) {
+                    let c = &mut self.conns[idx];
+                    if let Err(e) = c.proto.send(now, payload) {
+                        tracing::debug!(peer = %c.peer, error = %e, "send refused");
+                    }
+                    self.touched.push(idx);
+                }
+            }
+            Command::Close { conn, code, reason } => {
+                if let Some(idx) = self.index_of(conn) {
+                    self.conns[idx].proto.close(code, &reason);
+                    self.touched.push(idx);
+                }
+            }
+            Command::Evict { victim, waiter } => {
+                if let Some(idx) = self.index_of(victim) {
+                    self.evict(idx, now);
+                }
+                if !self.shared.to_loop_of(waiter, Command::Resolve { waiter }) {
+                    tracing::debug!(%waiter, "resume waiter's loop is gone");
+                }
+            }
+            Command::Resolve { waiter } => {
+                if let Some(idx) = self.index_of(waiter) {
+                    self.resolve(idx, now);
+                }
+            }
+            Command::Shutdown { deadline } => {
+                if let Some(mut listener) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut listener);
+                }
+                self.draining = Some(deadline);
+                let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+                for idx in idxs {
+                    self.conns[idx]
+                        .proto
+                        .close(CloseCode::Shutdown, "server shutting down");
+                    self.touched.push(idx);
+                }
+            }
+        }
+    }
+
+    /// Final: tears every remaining connection down.
+    fn close_all(&mut self, now: Instant) {
+        let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for idx in idxs {
+            if let Some(c) = self.conns.get_mut(idx) {
+                c.end(DisconnectReason::Shutdown);
+            }
+            self.teardown(idx, now);
+        }
+    }
+}
+
+/// A new session id and a 128-bit resume token from the OS random source.
+pub(crate) fn fresh_keys() -> SessionKeys {
+    let mut bytes = [0u8; 24];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS random source failing is not something to serve through: refuse resumption by making
+        // the token unguessable-but-unknown is impossible, so abort the process loudly.
+        tracing::error!("OS random source failed");
+        std::process::abort();
+    }
+    let mut id = [0u8; 8];
+    let mut token = [0u8; 16];
+    id.copy_from_slice(&bytes[..8]);
+    token.copy_from_slice(&bytes[8..]);
+    SessionKeys {
+        id: SessionId(u64::from_le_bytes(id)),
+        token: ResumeToken::from_bytes(token),
+    }
+}

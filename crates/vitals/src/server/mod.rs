@@ -1,0 +1,251 @@
+//! The server: event-loop threads (see [`engine`]) behind a tokio-facing handle.
+//!
+//! [`Server::bind`] starts `loops` threads, each with its own SO_REUSEPORT listener on the same address,
+//! its own slab of connections and its own timing wheel. The application receives [`ServerEvent`]s from
+//! [`Server::next_event`] and sends through a [`ServerHandle`] (a command queue plus the loop's waker).
+//!
+//! Sessions: when a connection ends without a final CLOSE, its session (with everything not yet
+//! acknowledged) goes to the session store, where a reconnecting client resumes it — on any loop. A
+//! message sent with [`ServerHandle::send_to_session`] while the client is away is queued in the stored
+//! session and delivered on resume.
+
+pub(crate) mod conn;
+pub(crate) mod engine;
+pub(crate) mod shared;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::Poll;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use vitals_proto::{CloseCode, MemoryStore, SessionId, SessionStore};
+
+use crate::config::ServerConfig;
+use crate::error::Error;
+use crate::event::{ConnId, ServerEvent};
+use engine::{Loop, WAKER};
+use shared::{Command, Remote, Sessions, Shared};
+
+/// A running server. Drop it (or call [`shutdown`](Self::shutdown)) to stop.
+pub struct Server {
+    handle: ServerHandle,
+    events: UnboundedReceiver<ServerEvent>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+/// A cloneable handle for sending to connections and sessions of a [`Server`].
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("open", &self.shared.open.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds and starts the event loops, with the in-memory session store.
+    pub fn bind(cfg: ServerConfig) -> Result<Server, Error> {
+        Self::bind_with_store(cfg, Box::new(MemoryStore::new()))
+    }
+
+    /// Binds and starts the event loops with a session store of your choice.
+    pub fn bind_with_store(
+        cfg: ServerConfig,
+        store: Box<dyn SessionStore + Send>,
+    ) -> Result<Server, Error> {
+        validate(&cfg)?;
+        let loops = cfg.loops.clamp(1, u16::MAX as usize);
+        // The first listener fixes the port (which may have been 0); the others share it.
+        let mut addr = cfg.listen;
+        let mut parts = Vec::with_capacity(loops);
+        for _ in 0..loops {
+            let listener = reuseport_listener(addr)?;
+            addr = listener.local_addr()?;
+            let poll = Poll::new()?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = std::sync::mpsc::channel();
+            parts.push((listener, poll, rx, Remote { tx, waker }));
+        }
+        let (events_tx, events) = unbounded_channel();
+        let mut remotes = Vec::with_capacity(loops);
+        let mut rest = Vec::with_capacity(loops);
+        for (listener, poll, rx, remote) in parts {
+            remotes.push(remote);
+            rest.push((listener, poll, rx));
+        }
+        let shared = Arc::new(Shared {
+            cfg,
+            open: AtomicUsize::new(0),
+            sessions: Mutex::new(Sessions {
+                store,
+                routes: HashMap::new(),
+            }),
+            remotes,
+        });
+        let mut threads = Vec::with_capacity(loops);
+        for (shard, (listener, poll, rx)) in rest.into_iter().enumerate() {
+            let event_loop = Loop::new(
+                shard as u16,
+                poll,
+                listener,
+                rx,
+                Arc::clone(&shared),
+                events_tx.clone(),
+            )?;
+            let thread = std::thread::Builder::new()
+                .name(format!("vitals-loop-{shard}"))
+                .spawn(move || event_loop.run())?;
+            threads.push(thread);
+        }
+        tracing::info!(%addr, loops, codec = ?shared.cfg.codec, "vitals server listening");
+        Ok(Server {
+            handle: ServerHandle { shared },
+            events,
+            threads,
+            local_addr: addr,
+        })
+    }
+
+    /// The address the server listens on (with the actual port if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for sending.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// The next event; `None` once every loop has exited.
+    pub async fn next_event(&mut self) -> Option<ServerEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next_event(&mut self) -> Option<ServerEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Graceful shutdown: stop accepting, send CLOSE (`Shutdown`) to every connection, give queued bytes
+    /// up to `drain` to leave, then close what remains. Events of the closing connections stay readable
+    /// from [`next_event`](Self::next_event) on the returned receiver.
+    pub async fn shutdown(mut self, drain: Duration) -> UnboundedReceiver<ServerEvent> {
+        let deadline = Instant::now() + drain;
+        for remote in &self.handle.shared.remotes {
+            remote.send(Command::Shutdown { deadline });
+        }
+        let threads = std::mem::take(&mut self.threads);
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let _ = joined.await;
+        let (_, empty) = unbounded_channel();
+        std::mem::replace(&mut self.events, empty)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Loops exit when they see the shutdown; do not block the dropping thread on them.
+        let deadline = Instant::now();
+        for remote in &self.handle.shared.remotes {
+            remote.send(Command::Shutdown { deadline });
+        }
+    }
+}
+
+impl ServerHandle {
+    /// Queues `payload` on connection `conn`.
+    pub fn send(&self, conn: ConnId, payload: Vec<u8>) -> Result<(), Error> {
+        if self
+            .shared
+            .to_loop_of(conn, Command::Send { conn, payload })
+        {
+            Ok(())
+        } else {
+            Err(Error::Shutdown)
+        }
+    }
+
+    /// Queues `payload` for session `session`: on its connection if attached, else in the stored session
+    /// (delivered when the client resumes). Errors: [`Error::NotFound`] for an unknown session,
+    /// [`Error::Backpressure`] when a detached session's replay buffer is full.
+    pub fn send_to_session(&self, session: SessionId, payload: Vec<u8>) -> Result<(), Error> {
+        let mut sessions = self.shared.sessions();
+        if let Some(&conn) = sessions.routes.get(&session) {
+            drop(sessions);
+            return self.send(conn, payload);
+        }
+        let mut stored = sessions.store.take(session).ok_or(Error::NotFound)?;
+        let result = stored
+            .push(Instant::now(), payload)
+            .map(|_| ())
+            .map_err(|e| Error::Backpressure(e.to_string()));
+        sessions.store.put(stored);
+        result
+    }
+
+    /// Closes connection `conn` with a CLOSE frame (`Normal`) and `reason`.
+    pub fn close(&self, conn: ConnId, reason: &str) -> Result<(), Error> {
+        let cmd = Command::Close {
+            conn,
+            code: CloseCode::Normal,
+            reason: reason.to_string(),
+        };
+        if self.shared.to_loop_of(conn, cmd) {
+            Ok(())
+        } else {
+            Err(Error::Shutdown)
+        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+}
+
+/// Rejects configurations that cannot work, saying what to change.
+fn validate(cfg: &ServerConfig) -> Result<(), Error> {
+    let live = cfg.liveness();
+    if live.interval.is_zero() {
+        return Err(Error::Config("interval must be greater than zero".into()));
+    }
+    if live.timeout <= live.interval {
+        return Err(Error::Config(format!(
+            "timeout ({:?}) must be greater than interval ({:?})",
+            live.timeout, live.interval
+        )));
+    }
+    if cfg.max_connections == 0 {
+        return Err(Error::Config("max_connections must be at least 1".into()));
+    }
+    if cfg.tick.is_zero() {
+        return Err(Error::Config("tick must be greater than zero".into()));
+    }
+    Ok(())
+}
+
+/// A non-blocking listener with SO_REUSEPORT (so several loops, or processes, share the port).
+fn reuseport_listener(addr: SocketAddr) -> Result<mio::net::TcpListener, Error> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}

@@ -1,0 +1,73 @@
+//! State the event loops and the application handle share: the session table, the connection count,
+//! and a way to reach each loop (command queue + waker).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use vitals_proto::{CloseCode, SessionId, SessionStore};
+
+use crate::config::ServerConfig;
+use crate::event::ConnId;
+
+/// A request from the application (or another loop) to one event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Queue a message on a connection.
+    Send { conn: ConnId, payload: Vec<u8> },
+    /// Close a connection with a code and reason.
+    Close {
+        conn: ConnId,
+        code: CloseCode,
+        reason: String,
+    },
+    /// A session is being resumed on `waiter`: tear `victim` down (storing its session), then tell the
+    /// waiter's loop to resolve.
+    Evict { victim: ConnId, waiter: ConnId },
+    /// The session `waiter` asked for is now in the store (or gone for good): resolve the resume.
+    Resolve { waiter: ConnId },
+    /// Stop accepting, close every connection with `Shutdown`, drain until `deadline`, exit.
+    Shutdown { deadline: Instant },
+}
+
+/// How to reach one event loop.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    pub(crate) tx: std::sync::mpsc::Sender<Command>,
+    pub(crate) waker: Arc<mio::Waker>,
+}
+
+impl Remote {
+    /// Queues a command and wakes the loop. False if the loop has exited.
+    pub(crate) fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+/// Detached sessions and where attached ones live.
+pub(crate) struct Sessions {
+    pub(crate) store: Box<dyn SessionStore + Send>,
+    pub(crate) routes: HashMap<SessionId, ConnId>,
+}
+
+/// Shared by all loops of one server and its handles.
+pub(crate) struct Shared {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) open: AtomicUsize,
+    pub(crate) sessions: Mutex<Sessions>,
+    pub(crate) remotes: Vec<Remote>,
+}
+
+impl Shared {
+    pub(crate) fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a command to the loop that owns `conn`.
+    pub(crate) fn to_loop_of(&self, conn: ConnId, cmd: Command) -> bool {
+        self.remotes
+            .get(conn.shard as usize)
+            .is_some_and(|r| r.send(cmd))
+    }
+}
