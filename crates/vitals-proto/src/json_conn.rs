@@ -1,8 +1,9 @@
 //! The JSON-compatible connection: liveness with `{"ping":N}`/`{"pong":N}`, no sessions.
 //!
-//! Our pings carry `N` = microseconds since this connection's epoch; a pong that echoes it
-//! gives an RTT sample, any other pong is still a sign of life. Pongs we send echo the
-//! peer's `N`. Closing sends nothing (the classic protocol has no close message).
+//! Our pings carry `N` = microseconds since this connection's epoch; a pong that answers it
+//! with `N` or `N + 1` gives an RTT sample, any other pong is still a sign of life. Pongs we
+//! send answer the peer's `N` with `N + 1`, as the classic servers do (`{"ping":10}` →
+//! `{"pong":11}`). Closing sends nothing (the classic protocol has no close message).
 
 use crate::connection::{Event, JsonConfig, Role, SendError};
 use crate::error::{Backpressure, JsonError};
@@ -136,12 +137,17 @@ impl Json {
                         }
                     }
                 }
-                encode_json_pong(&mut self.control, n);
+                encode_json_pong(&mut self.control, n.saturating_add(1));
             }
             JsonMessage::Pong(n) => {
                 self.live.on_heartbeat();
+                // Classic servers answer N + 1; echoing servers answer N. Either is our sample.
                 if let Some(nonce) = self.live.outstanding_nonce()
-                    && self.live.on_pong(now, self.epoch, nonce, n).is_some()
+                    && (self.live.on_pong(now, self.epoch, nonce, n).is_some()
+                        || self
+                            .live
+                            .on_pong(now, self.epoch, nonce, n.saturating_sub(1))
+                            .is_some())
                 {
                     self.events.push_back(Event::Rtt(*self.live.rtt()));
                 }

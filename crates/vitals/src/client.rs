@@ -120,6 +120,8 @@ struct Ended {
     /// Timing to use next (doubled after a ping-abuse close).
     next_config: Option<ProtoConfig>,
     connected_at: Option<Instant>,
+    /// A TCP connection was made (even if the handshake did not complete).
+    established: bool,
     /// The user asked to close: stop.
     closing: bool,
 }
@@ -186,10 +188,11 @@ impl Task {
                     lost: None,
                     next_config: None,
                     connected_at: None,
+                    established: false,
                     closing: false,
                 },
             };
-            if ended.connected_at.is_some() {
+            if ended.established {
                 self.emit(ClientEvent::Dead {
                     reason: ended.reason.clone(),
                 });
@@ -471,6 +474,7 @@ impl Task {
             lost,
             next_config,
             connected_at,
+            established: true,
             closing,
         }
     }

@@ -41,6 +41,8 @@ pub(crate) struct Conn {
     pub(crate) writable: bool,
     /// Waiting for another loop to hand over a session being resumed.
     pub(crate) awaiting_resume: bool,
+    /// Close with this code once everything queued has been written (graceful drain).
+    pub(crate) close_when_flushed: Option<vitals_proto::CloseCode>,
 }
 
 impl Conn {
@@ -67,6 +69,7 @@ impl Conn {
             broken: false,
             writable: false,
             awaiting_resume: false,
+            close_when_flushed: None,
         }
     }
 

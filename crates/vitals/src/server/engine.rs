@@ -169,11 +169,15 @@ impl Loop {
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
             tracing::info!(%peer, limit = cfg.max_connections, "connection limit reached; refusing");
+            // Read what the peer already sent (its HELLO) so that closing sends FIN, not RST, and the
+            // CLOSE frame reaches it.
+            let _ = read_into(&mut stream, &mut self.scratch, false, |_| true);
             if cfg.codec == Codec::Binary {
                 let mut buf = Vec::new();
                 vitals_proto::frame::encode_close(&mut buf, CloseCode::ServerFull, "server full");
                 let _ = write_some(&mut stream, &buf);
             }
+            let _ = stream.shutdown(std::net::Shutdown::Write);
             return;
         }
         if let Err(e) = self.socket_options.apply(&stream) {
@@ -311,6 +315,16 @@ impl Loop {
         }
         self.dispatch_events(idx, now);
         self.flush(idx, now);
+        if let Some(conn) = self.conns.get_mut(idx)
+            && conn.pending.is_empty()
+            && !conn.broken
+            && let Some(code) = conn.close_when_flushed.take()
+        {
+            // Everything queued has left: now the CLOSE.
+            conn.proto.close(code, "server shutting down");
+            self.dispatch_events(idx, now);
+            self.flush(idx, now);
+        }
         let linger_end = self.draining.map_or(now + LINGER, |d| d.min(now + LINGER));
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
@@ -642,9 +656,7 @@ impl Loop {
                 self.draining = Some(deadline);
                 let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
                 for idx in idxs {
-                    self.conns[idx]
-                        .proto
-                        .close(CloseCode::Shutdown, "server shutting down");
+                    self.conns[idx].close_when_flushed = Some(CloseCode::Shutdown);
                     self.touched.push(idx);
                 }
             }

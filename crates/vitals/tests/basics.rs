@@ -1,0 +1,141 @@
+//! Loopback tests of the server and client: messages both ways, RTT, silence conviction.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use vitals::{Client, ClientEvent, DisconnectReason, Server, ServerEvent};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_flow_both_ways_and_rtt_samples_arrive() {
+    let mut server = Server::bind(server_config()).unwrap();
+    let mut client = Client::connect(client_config(&server));
+    let (conn, session) = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Connected {
+            conn,
+            session,
+            resumed: false,
+            ..
+        } => Some((*conn, *session)),
+        _ => None,
+    })
+    .await;
+    assert!(session.is_some());
+    client_event(&mut client, Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    })
+    .await;
+
+    client.send(b"hello server".to_vec()).await.unwrap();
+    let got = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Message { payload, .. } => Some(payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, b"hello server");
+
+    server
+        .handle()
+        .send(conn, b"hello client".to_vec())
+        .unwrap();
+    let got = client_event(&mut client, Duration::from_secs(5), |e| match e {
+        ClientEvent::Message(p) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, b"hello client");
+
+    // Silence of one interval makes each side ping; each pong is an RTT sample.
+    let rtt = client_event(&mut client, Duration::from_secs(5), |e| match e {
+        ClientEvent::Rtt(r) => Some(*r),
+        _ => None,
+    })
+    .await;
+    assert!(rtt.samples >= 1);
+    assert!(rtt.latest < Duration::from_secs(1));
+    server_event(&mut server, Duration::from_secs(5), |e| {
+        matches!(e, ServerEvent::Rtt { .. }).then_some(())
+    })
+    .await;
+    client.close().await;
+    let reason = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Closed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(reason, DisconnectReason::PeerClosed { .. }),
+        "{reason:?}"
+    );
+}
+
+/// A raw TCP peer that completes the handshake and then neither reads nor writes is convicted within
+/// timeout + one tick; a healthy client on the same server is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_convicted_and_others_are_unaffected() {
+    let mut server = Server::bind(server_config()).unwrap();
+    let mut healthy = Client::connect(client_config(&server));
+    client_event(&mut healthy, Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    })
+    .await;
+    server_event(&mut server, Duration::from_secs(5), |e| {
+        matches!(e, ServerEvent::Connected { .. }).then_some(())
+    })
+    .await;
+
+    // The silent peer: a raw socket that sends a valid HELLO, then goes quiet.
+    let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    let mut hello = Vec::new();
+    vitals::vitals_proto::frame::encode_hello(
+        &mut hello,
+        &vitals::vitals_proto::frame::Hello {
+            version: vitals::vitals_proto::frame::VERSION,
+            interval_ms: INTERVAL.as_millis() as u32,
+            timeout_ms: TIMEOUT.as_millis() as u32,
+            resume: None,
+        },
+    );
+    raw.write_all(&hello).unwrap();
+    let silent = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Connected { conn, .. } => Some(*conn),
+        _ => None,
+    })
+    .await;
+    let connected_at = tokio::time::Instant::now();
+    let (reason, elapsed) = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Closed { conn, reason, .. } if *conn == silent => {
+            Some((reason.clone(), connected_at.elapsed()))
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, DisconnectReason::SilenceTimeout);
+    // Conviction after `timeout` of silence (the HELLO was its last sign of life), within a tick plus
+    // scheduling noise; never before.
+    assert!(
+        elapsed >= TIMEOUT - Duration::from_millis(20),
+        "convicted early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < TIMEOUT + Duration::from_millis(250),
+        "convicted late: {elapsed:?}"
+    );
+
+    // The healthy client saw no disconnect and still exchanges messages.
+    while let Some(e) = healthy.try_next_event() {
+        assert!(
+            !matches!(e, ClientEvent::Dead { .. }),
+            "healthy client disturbed: {e:?}"
+        );
+    }
+    healthy.send(b"still here".to_vec()).await.unwrap();
+    let got = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Message { payload, .. } => Some(payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, b"still here");
+}

@@ -1,0 +1,99 @@
+//! Helpers shared by the loopback tests: fast timing, event waiting with a bound.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::time::Duration;
+
+use vitals::{ClientConfig, ClientEvent, Server, ServerConfig, ServerEvent};
+
+pub const INTERVAL: Duration = Duration::from_millis(100);
+pub const TIMEOUT: Duration = Duration::from_millis(400);
+
+pub fn server_config() -> ServerConfig {
+    let mut cfg = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        loops: 2,
+        ..ServerConfig::default()
+    }
+    .with_timing(INTERVAL, TIMEOUT);
+    cfg.proto.policy.min_interval = Duration::from_millis(20);
+    cfg.proto.policy.min_timeout = Duration::from_millis(100);
+    cfg.proto.policy.max_interval = Duration::from_secs(60);
+    cfg.proto.policy.max_timeout = Duration::from_secs(600);
+    cfg
+}
+
+pub fn client_config(server: &Server) -> ClientConfig {
+    let mut cfg = ClientConfig::new(server.local_addr()).with_timing(INTERVAL, TIMEOUT);
+    cfg.backoff.base = Duration::from_millis(20);
+    cfg.backoff.cap = Duration::from_millis(200);
+    cfg
+}
+
+/// Waits (at most `within`) for a server event matching `f`; panics with what was seen otherwise.
+pub async fn server_event<T>(
+    server: &mut Server,
+    within: Duration,
+    mut f: impl FnMut(&ServerEvent) -> Option<T>,
+) -> T {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, server.next_event()).await {
+            Ok(Some(e)) => {
+                if let Some(t) = f(&e) {
+                    return t;
+                }
+                seen.push(e);
+            }
+            Ok(None) => panic!("server stopped; saw {seen:?}"),
+            Err(_) => panic!("no matching server event within {within:?}; saw {seen:?}"),
+        }
+    }
+}
+
+/// Waits (at most `within`) for a client event matching `f`.
+pub async fn client_event<T>(
+    client: &mut vitals::Client,
+    within: Duration,
+    mut f: impl FnMut(&ClientEvent) -> Option<T>,
+) -> T {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(e)) => {
+                if let Some(t) = f(&e) {
+                    return t;
+                }
+                seen.push(e);
+            }
+            Ok(None) => panic!("client stopped; saw {seen:?}"),
+            Err(_) => panic!("no matching client event within {within:?}; saw {seen:?}"),
+        }
+    }
+}
+
+use std::io::Write;
+use vitals::vitals_proto::frame::{self, Hello};
+
+/// A valid HELLO proposing the test timing.
+pub fn hello_bytes() -> Vec<u8> {
+    let mut out = Vec::new();
+    frame::encode_hello(
+        &mut out,
+        &Hello {
+            version: frame::VERSION,
+            interval_ms: INTERVAL.as_millis() as u32,
+            timeout_ms: TIMEOUT.as_millis() as u32,
+            resume: None,
+        },
+    );
+    out
+}
+
+/// A raw TCP connection to the server that has sent `bytes`.
+pub fn raw_peer(server: &Server, bytes: &[u8]) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    s.write_all(bytes).unwrap();
+    s
+}
