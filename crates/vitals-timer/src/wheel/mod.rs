@@ -66,6 +66,9 @@ pub struct Wheel<T> {
     occupied: [u64; LEVELS],
     /// Entries that are due and wait to be handed out by `poll`.
     pending: Head,
+    /// The last `now` given to [`poll`](Wheel::poll) and its tick: callers drain with one `now` many times,
+    /// so the `Instant` → tick conversion (a subtraction and a division) is done once per drain.
+    last_poll: Option<(Instant, u64)>,
 }
 
 impl<T> Wheel<T> {
@@ -94,6 +97,7 @@ impl<T> Wheel<T> {
             heads: [[NIL; SLOTS]; LEVELS],
             occupied: [0; LEVELS],
             pending: NIL,
+            last_poll: None,
         }
     }
 
@@ -222,7 +226,14 @@ impl<T> Wheel<T> {
     /// Hands out one entry due at or before `now`, or `None` when nothing more is due. Call it until it
     /// returns `None`.
     pub fn poll(&mut self, now: Instant) -> Option<Expired<T>> {
-        let tick = self.tick_floor(now);
+        let tick = match self.last_poll {
+            Some((instant, tick)) if instant == now => tick,
+            _ => {
+                let tick = self.tick_floor(now);
+                self.last_poll = Some((now, tick));
+                tick
+            }
+        };
         self.poll_tick(tick)
     }
 
