@@ -39,6 +39,7 @@ const OUT_BATCH: usize = 256 * 1024;
 /// Where the task answers one `send`.
 type Reply = oneshot::Sender<Result<(), Error>>;
 
+#[derive(Debug)]
 enum Cmd {
     Send { payload: Vec<u8>, done: Reply },
     Close { done: oneshot::Sender<()> },
@@ -76,12 +77,14 @@ impl Client {
     /// disconnected, once the buffer is full. Errors: [`Error::Rejected`] for a message that can never
     /// fit or is not valid in the codec, [`Error::Shutdown`] after close.
     pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
-        let (done, wait) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Send { payload, done })
-            .await
-            .map_err(|_| Error::Shutdown)?;
-        wait.await.map_err(|_| Error::Shutdown)?
+        send_via(&self.cmds, payload).await
+    }
+
+    /// A cloneable sending handle, for sending from other tasks while this one reads events.
+    pub fn sender(&self) -> ClientSender {
+        ClientSender {
+            cmds: self.cmds.clone(),
+        }
     }
 
     /// The next event; `None` after the client stopped.
@@ -102,6 +105,27 @@ impl Client {
         }
         let _ = (&mut self.task).await;
     }
+}
+
+/// Sends through a [`Client`] from another task (see [`Client::sender`]).
+#[derive(Clone, Debug)]
+pub struct ClientSender {
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl ClientSender {
+    /// Same as [`Client::send`].
+    pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
+        send_via(&self.cmds, payload).await
+    }
+}
+
+async fn send_via(cmds: &mpsc::Sender<Cmd>, payload: Vec<u8>) -> Result<(), Error> {
+    let (done, wait) = oneshot::channel();
+    cmds.send(Cmd::Send { payload, done })
+        .await
+        .map_err(|_| Error::Shutdown)?;
+    wait.await.map_err(|_| Error::Shutdown)?
 }
 
 impl Drop for Client {

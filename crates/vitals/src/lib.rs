@@ -20,7 +20,7 @@ pub mod metrics;
 pub mod server;
 pub mod socket;
 
-pub use client::Client;
+pub use client::{Client, ClientSender};
 pub use config::{ClientConfig, Codec, ServerConfig};
 pub use error::Error;
 pub use event::{ClientEvent, ConnId, DisconnectReason, ServerEvent};

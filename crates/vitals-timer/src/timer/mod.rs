@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 pub use entry::{Entry, Status};
 
+use crate::jitter::Jitter;
 use crate::{Error, Wheel};
 use clock::Clock;
 use entry::{FOREVER, Shared};
-use crate::jitter::Jitter;
 
 /// What a job tells the timer when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

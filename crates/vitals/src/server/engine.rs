@@ -636,6 +636,15 @@ impl Loop {
                     self.touched.push(idx);
                 }
             }
+            Command::Disconnect { conn } => {
+                if let Some(idx) = self.index_of(conn) {
+                    self.conns[idx].break_with(DisconnectReason::LocalClose {
+                        code: CloseCode::Normal,
+                        reason: "disconnected by the application; session kept".into(),
+                    });
+                    self.touched.push(idx);
+                }
+            }
             Command::Evict { victim, waiter } => {
                 if let Some(idx) = self.index_of(victim) {
                     self.evict(idx, now);

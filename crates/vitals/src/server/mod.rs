@@ -212,6 +212,16 @@ impl ServerHandle {
         }
     }
 
+    /// Drops connection `conn` without a CLOSE frame, keeping its session: the client sees the
+    /// connection break, reconnects and resumes (nothing lost). For rebalancing and fault drills.
+    pub fn disconnect(&self, conn: ConnId) -> Result<(), Error> {
+        if self.shared.to_loop_of(conn, Command::Disconnect { conn }) {
+            Ok(())
+        } else {
+            Err(Error::Shutdown)
+        }
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.shared.open.load(Ordering::Acquire)

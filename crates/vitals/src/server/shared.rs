@@ -22,6 +22,8 @@ pub(crate) enum Command {
         code: CloseCode,
         reason: String,
     },
+    /// Drop the TCP connection without a CLOSE, keeping its session for a resume.
+    Disconnect { conn: ConnId },
     /// A session is being resumed on `waiter`: tear `victim` down (storing its session), then tell the
     /// waiter's loop to resolve.
     Evict { victim: ConnId, waiter: ConnId },
