@@ -23,16 +23,14 @@ fn valid_binary_stream() -> Vec<u8> {
 const VALID_JSON: &[u8] = b"{\"ping\":10}{\"pong\":11}\n{\"a\":[1,{\"b\":\"}\\\"\"}]}";
 
 fn mutated(base: &'static [u8]) -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8).prop_map(
-        move |muts| {
-            let mut v = base.to_vec();
-            for (i, b) in muts {
-                let i = i.index(v.len());
-                v[i] = b;
-            }
-            v
-        },
-    )
+    prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8).prop_map(move |muts| {
+        let mut v = base.to_vec();
+        for (i, b) in muts {
+            let i = i.index(v.len());
+            v[i] = b;
+        }
+        v
+    })
 }
 
 fn feed_binary(bytes: &[u8], split: usize) {

@@ -4,8 +4,7 @@ use crate::sim::{Pair, keys};
 use std::time::{Duration, Instant};
 use vitals_proto::frame::{self, Hello, VERSION};
 use vitals_proto::{
-    CloseCode, Config, Connection, Event, Frame, FrameDecoder, FrameType, JsonConfig, Limits,
-    Role,
+    CloseCode, Config, Connection, Event, Frame, FrameDecoder, FrameType, JsonConfig, Limits, Role,
 };
 
 fn events(c: &mut Connection) -> Vec<Event> {
@@ -20,11 +19,15 @@ fn server_caps_the_proposed_timing_and_both_sides_use_the_grant() {
     let server = Config::default();
     let mut p = Pair::new(client, server, 21);
     assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
-    let granted = server.policy.grant(Duration::from_millis(10), Duration::from_millis(20));
+    let granted = server
+        .policy
+        .grant(Duration::from_millis(10), Duration::from_millis(20));
     assert_eq!(granted.0, server.policy.min_interval);
     for side in [&p.client, &p.server] {
         let got = side.events.iter().find_map(|(_, e)| match e {
-            Event::Connected { interval, timeout, .. } => Some((*interval, *timeout)),
+            Event::Connected {
+                interval, timeout, ..
+            } => Some((*interval, *timeout)),
             _ => None,
         });
         assert_eq!(got, Some(granted));
@@ -71,7 +74,10 @@ fn ping_abuse_collects_strikes_then_typed_close() {
         }
     }
     assert_eq!(strikes, vec![1, 2]);
-    assert_eq!(closed.map(|c| (c.0, c.1)), Some((CloseCode::TooManyPings, false)));
+    assert_eq!(
+        closed.map(|c| (c.0, c.1)),
+        Some((CloseCode::TooManyPings, false))
+    );
     // The CLOSE frame with the typed code is on the wire.
     let mut out = Vec::new();
     while server.poll_transmit(&mut out) > 0 {}
@@ -80,7 +86,10 @@ fn ping_abuse_collects_strikes_then_typed_close() {
     let frames: Vec<Frame> = std::iter::from_fn(|| d.next_frame().unwrap()).collect();
     assert!(matches!(
         frames.last(),
-        Some(Frame::Close { code: CloseCode::TooManyPings, .. })
+        Some(Frame::Close {
+            code: CloseCode::TooManyPings,
+            ..
+        })
     ));
     assert!(server.is_closed());
 }
@@ -90,19 +99,34 @@ fn client_closed_for_too_many_pings_doubles_its_interval_before_reconnecting() {
     let cfg = Config::default();
     let mut p = Pair::new(cfg, cfg, 22);
     assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
-    let granted = cfg.policy.grant(cfg.liveness.interval, cfg.liveness.timeout).0;
-    assert_eq!(p.client.conn.reconnect_config().unwrap().liveness.interval, granted);
+    let granted = cfg
+        .policy
+        .grant(cfg.liveness.interval, cfg.liveness.timeout)
+        .0;
+    assert_eq!(
+        p.client.conn.reconnect_config().unwrap().liveness.interval,
+        granted
+    );
     p.server.conn.close(CloseCode::TooManyPings, "slow down");
     p.run_for(Duration::from_millis(100));
     assert!(p.client.events.iter().any(|(_, e)| matches!(
         e,
-        Event::Closed { code: CloseCode::TooManyPings, by_peer: true, .. }
+        Event::Closed {
+            code: CloseCode::TooManyPings,
+            by_peer: true,
+            ..
+        }
     )));
     let next = p.client.conn.reconnect_config().unwrap();
     assert_eq!(next.liveness.interval, granted * 2);
     p.reconnect();
     let before = p.client.events.len();
-    assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
+    let connected = |p: &Pair| {
+        p.client.events[before..]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Connected { .. }))
+    };
+    assert!(p.run_until(Duration::from_secs(1), connected));
     let interval = p.client.events[before..].iter().find_map(|(_, e)| match e {
         Event::Connected { interval, .. } => Some(*interval),
         _ => None,
@@ -130,6 +154,9 @@ fn json_server_closes_a_classic_client_that_pings_too_often() {
     assert!(p.server.count(|e| matches!(e, Event::PingStrike { .. })) >= 2);
     assert!(p.server.events.iter().any(|(_, e)| matches!(
         e,
-        Event::Closed { code: CloseCode::TooManyPings, .. }
+        Event::Closed {
+            code: CloseCode::TooManyPings,
+            ..
+        }
     )));
 }

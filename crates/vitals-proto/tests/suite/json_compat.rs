@@ -24,7 +24,10 @@ fn serves_a_classic_client_split_reads_newlines_and_data() {
     let stream = b"{\"ping\":10}\n{\"pi";
     s.handle_input(t0, stream);
     assert_eq!(out(&mut s), b"{\"pong\":10}");
-    s.handle_input(t0 + Duration::from_secs(1), b"ng\":11}{\"chat\":\"hi }{\"}\r\n");
+    s.handle_input(
+        t0 + Duration::from_secs(1),
+        b"ng\":11}{\"chat\":\"hi }{\"}\r\n",
+    );
     assert_eq!(out(&mut s), b"{\"pong\":11}");
     let ev: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
     assert_eq!(
@@ -80,7 +83,10 @@ fn json_pair_stays_up_carries_data_and_detects_a_crash() {
     p.s2c.jitter = Duration::from_millis(300);
     for i in 0..30 {
         let now = p.now;
-        p.client.conn.send(now, format!("{{\"n\":{i}}}").into_bytes()).unwrap();
+        p.client
+            .conn
+            .send(now, format!("{{\"n\":{i}}}").into_bytes())
+            .unwrap();
         p.run_for(Duration::from_secs(2));
     }
     assert_eq!(p.server.received.len(), 30);
@@ -94,7 +100,10 @@ fn json_pair_stays_up_carries_data_and_detects_a_crash() {
     assert!(silent >= Duration::from_secs(3) && silent <= Duration::from_secs(4));
     assert!(p.client.events.iter().any(|(_, e)| matches!(
         e,
-        Event::Closed { code: CloseCode::Timeout, .. }
+        Event::Closed {
+            code: CloseCode::Timeout,
+            ..
+        }
     )));
 }
 

@@ -79,8 +79,15 @@ fn ping_goes_out_interval_after_last_byte_read_not_after_last_ping() {
     let last = p.client.last_rx.unwrap();
     let until = last + Duration::from_millis(999);
     p.run_for(until - p.now);
-    assert_eq!(pings(&p.client.frames_out()), before, "pinged before interval");
-    assert!(p.run_until(Duration::from_secs(1), |p| pings(&p.client.frames_out()) > before));
+    assert_eq!(
+        pings(&p.client.frames_out()),
+        before,
+        "pinged before interval"
+    );
+    assert!(
+        p.run_until(Duration::from_secs(1), |p| pings(&p.client.frames_out())
+            > before)
+    );
     assert_eq!(p.now - last, Duration::from_secs(1));
 }
 
@@ -98,8 +105,16 @@ fn no_false_conviction_with_jitter_up_to_half_the_timeout() {
                 p.client.conn.send(now, vec![1; 10]).unwrap();
             }
         }
-        assert_eq!(p.client.count(|e| matches!(e, Event::Dead { .. })), 0, "seed {seed}");
-        assert_eq!(p.server.count(|e| matches!(e, Event::Dead { .. })), 0, "seed {seed}");
+        assert_eq!(
+            p.client.count(|e| matches!(e, Event::Dead { .. })),
+            0,
+            "seed {seed}"
+        );
+        assert_eq!(
+            p.server.count(|e| matches!(e, Event::Dead { .. })),
+            0,
+            "seed {seed}"
+        );
         assert!(p.connected());
         assert!(p.client.conn.rtt().samples > 10);
     }
@@ -114,7 +129,32 @@ fn stall_guard_does_not_convict_for_our_own_pause() {
     // pinging; its bytes pile up in our socket.
     p.client.stalled_until = Some(p.now + Duration::from_secs(20));
     p.run_for(Duration::from_secs(30));
+    // We convicted nobody; the peer rightly convicted *us* (we were silent for 20 s) and
+    // told us so.
     assert_eq!(p.client.count(|e| matches!(e, Event::Dead { .. })), 0);
+    assert_eq!(p.server.count(|e| matches!(e, Event::Dead { .. })), 1);
+    assert!(p.client.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Closed {
+            code: vitals_proto::CloseCode::Timeout,
+            by_peer: true,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn short_stall_with_timer_before_input_keeps_the_connection() {
+    // A 5 s pause (> timeout) of the client's process while the server keeps talking; after the
+    // pause the runtime handles the overdue timer first, then reads what piled up.
+    let mut p = Pair::new(cfg(1000, 3000), cfg(1000, 10_000), 8);
+    assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
+    p.run_for(Duration::from_secs(5));
+    let late = p.now + Duration::from_secs(5);
+    p.client.conn.handle_timeout(late);
+    let ev: Vec<Event> = std::iter::from_fn(|| p.client.conn.poll_event()).collect();
+    assert!(ev.iter().any(|e| matches!(e, Event::Stalled { .. })));
+    assert!(!ev.iter().any(|e| matches!(e, Event::Dead { .. })));
     assert!(!p.client.conn.is_closed());
 }
 
@@ -178,5 +218,9 @@ fn phi_accrual_suspects_then_convicts_before_timeout() {
         .map(|(t, _)| *t)
         .expect("suspected first");
     assert!(suspect < dead);
-    assert!(dead - last < Duration::from_secs(10), "phi convicted at {:?}", dead - last);
+    assert!(
+        dead - last < Duration::from_secs(10),
+        "phi convicted at {:?}",
+        dead - last
+    );
 }

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use std::time::Duration;
 use vitals_proto::{
     CloseCode, Config, Connection, Event, Frame, FrameDecoder, FrameType, Limits, LivenessConfig,
-    SendError, Session, SessionKeys, SessionStore, frame,
+    SendError, Session, SessionStore, frame,
 };
 
 fn cfg() -> Config {
@@ -32,7 +32,12 @@ fn pump(p: &mut Pair, n: u32, mut fault: impl FnMut(&mut Pair, u32)) -> u32 {
     let (mut c, mut s, mut reconnects) = (0u32, 0u32, 0u32);
     let limit = p.now + Duration::from_secs(3600);
     while p.server.received.len() < n as usize || p.client.received.len() < n as usize {
-        assert!(p.now < limit, "no progress: {} / {}", p.server.received.len(), p.client.received.len());
+        assert!(
+            p.now < limit,
+            "no progress: {} / {}",
+            p.server.received.len(),
+            p.client.received.len()
+        );
         if p.client.conn.is_closed() || p.server.conn.is_closed() {
             p.reconnect();
             reconnects += 1;
@@ -74,7 +79,9 @@ fn partition_during_10000_messages_then_resume_loses_nothing_duplicates_nothing(
     assert!(reconnects >= 1);
     assert_eq!(p.server.received, expected(10_000));
     assert_eq!(p.client.received, expected(10_000));
-    let resumed = p.client.count(|e| matches!(e, Event::Connected { resumed: true, .. }));
+    let resumed = p
+        .client
+        .count(|e| matches!(e, Event::Connected { resumed: true, .. }));
     assert!(resumed >= 1);
 }
 
@@ -112,7 +119,10 @@ fn large_messages_are_chunked_and_control_frames_go_first() {
         })
     );
     while client.poll_transmit(&mut wire) > 0 {}
-    let mut d = FrameDecoder::new(Limits::default());
+    let mut d = FrameDecoder::new(Limits {
+        max_frame_size: u32::MAX,
+        max_buffered: usize::MAX,
+    });
     d.push(&wire).unwrap();
     let frames: Vec<Frame> = std::iter::from_fn(|| d.next_frame().unwrap()).collect();
     let data: Vec<usize> = frames
@@ -155,7 +165,11 @@ fn connected_then_parked(seed: u64) -> (Pair, Session) {
 
 fn client_close(p: &Pair) -> Option<CloseCode> {
     p.client.events.iter().find_map(|(_, e)| match e {
-        Event::Closed { code, by_peer: true, .. } => Some(*code),
+        Event::Closed {
+            code,
+            by_peer: true,
+            ..
+        } => Some(*code),
         _ => None,
     })
 }
@@ -170,17 +184,43 @@ fn restart(p: &mut Pair, client: Connection) {
 #[test]
 fn resume_with_wrong_token_is_rejected_and_the_session_survives() {
     let (mut p, real) = connected_then_parked(12);
-    let forged = Session::new(
-        SessionKeys {
-            id: real.id(),
-            token: keys(999).token,
-        },
-        cfg().session,
-    );
+    // An attacker knows the session id but not the token.
     let now = p.now;
-    restart(&mut p, Connection::client_resume(now, cfg(), forged));
-    p.run_for(Duration::from_millis(100));
-    assert_eq!(client_close(&p), Some(CloseCode::BadToken));
+    let mut server = Connection::server(now, cfg(), keys(60));
+    let mut hello = Vec::new();
+    frame::encode_hello(
+        &mut hello,
+        &frame::Hello {
+            version: frame::VERSION,
+            interval_ms: 1000,
+            timeout_ms: 3000,
+            resume: Some((real.id(), keys(999).token, 0)),
+        },
+    );
+    server.handle_input(now, &hello);
+    assert!(
+        matches!(server.poll_event(), Some(Event::ResumeRequested { session }) if session == real.id())
+    );
+    server.resolve_resume(now, &mut p.store);
+    assert!(matches!(
+        server.poll_event(),
+        Some(Event::Closed {
+            code: CloseCode::BadToken,
+            by_peer: false,
+            ..
+        })
+    ));
+    let mut out = Vec::new();
+    while server.poll_transmit(&mut out) > 0 {}
+    let mut d = FrameDecoder::new(Limits::default());
+    d.push(&out).unwrap();
+    assert!(matches!(
+        d.next_frame().unwrap(),
+        Some(Frame::Close {
+            code: CloseCode::BadToken,
+            ..
+        })
+    ));
     assert_eq!(p.store.len(), 1, "a bad token must not destroy the session");
     // The real client still resumes, and "two" arrives exactly once.
     let before = p.server.received.len();
@@ -214,7 +254,11 @@ fn expired_session_is_a_typed_close() {
     restart(&mut p, Connection::client_resume(now, cfg(), real));
     p.run_for(Duration::from_millis(100));
     assert_eq!(client_close(&p), Some(CloseCode::SessionExpired));
-    assert_eq!(p.store.purge_expired(p.now), 0, "taken, so no longer stored");
+    assert_eq!(
+        p.store.purge_expired(p.now),
+        0,
+        "taken, so no longer stored"
+    );
 }
 
 #[test]

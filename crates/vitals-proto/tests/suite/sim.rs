@@ -337,7 +337,11 @@ impl Pair {
             self.store.put(s);
         }
         let cs = self.client.conn.take_session(now);
-        let cfg = self.client.conn.reconnect_config().unwrap_or(self.client_cfg);
+        let cfg = self
+            .client
+            .conn
+            .reconnect_config()
+            .unwrap_or(self.client_cfg);
         self.client.conn = match cs {
             Some(s) => Connection::client_resume(now, cfg, s),
             None => Connection::client(now, cfg),
