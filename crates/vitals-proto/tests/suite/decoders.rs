@@ -91,10 +91,8 @@ fn feed_connections(bytes: &[u8], split: usize) {
         for piece in bytes.chunks(split.max(1)) {
             now += Duration::from_millis(10);
             c.handle_input(now, piece);
-            if let Some(t) = c.poll_timeout() {
-                if t <= now {
-                    c.handle_timeout(now);
-                }
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
             }
             let mut out = Vec::new();
             while c.poll_transmit(&mut out) > 0 {}

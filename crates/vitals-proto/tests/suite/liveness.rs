@@ -6,12 +6,14 @@ use std::time::Duration;
 use vitals_proto::{Config, Event, Frame, LivenessConfig};
 
 fn cfg(interval_ms: u64, timeout_ms: u64) -> Config {
-    let mut c = Config::default();
-    c.liveness = LivenessConfig {
-        interval: Duration::from_millis(interval_ms),
-        timeout: Duration::from_millis(timeout_ms),
-        stall_tolerance: Duration::from_millis(500),
-        phi: None,
+    let mut c = Config {
+        liveness: LivenessConfig {
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            stall_tolerance: Duration::from_millis(500),
+            phi: None,
+        },
+        ..Config::default()
     };
     c.policy.min_interval = Duration::from_millis(100);
     c.policy.min_timeout = Duration::from_millis(300);

@@ -10,14 +10,15 @@ use vitals_proto::{
 };
 
 fn cfg() -> Config {
-    let mut c = Config::default();
-    c.liveness = LivenessConfig {
-        interval: Duration::from_millis(1000),
-        timeout: Duration::from_millis(3000),
-        stall_tolerance: Duration::from_millis(500),
-        phi: None,
-    };
-    c
+    Config {
+        liveness: LivenessConfig {
+            interval: Duration::from_millis(1000),
+            timeout: Duration::from_millis(3000),
+            stall_tolerance: Duration::from_millis(500),
+            phi: None,
+        },
+        ..Config::default()
+    }
 }
 
 fn msg(i: u32) -> Vec<u8> {
