@@ -337,14 +337,20 @@ mod tests {
     use super::*;
 
     fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
     fn doc_examples_match_the_encoder() {
         let mut v = Vec::new();
         encode_ping(&mut v, FrameType::Ping, 5, 1_500_000);
-        assert_eq!(hex(&v), "03 00 00 00 0c 00 00 00 05 00 00 00 00 00 16 e3 60");
+        assert_eq!(
+            hex(&v),
+            "03 00 00 00 0c 00 00 00 05 00 00 00 00 00 16 e3 60"
+        );
         v.clear();
         encode_data(&mut v, 3, 7, true, b"hi");
         assert_eq!(

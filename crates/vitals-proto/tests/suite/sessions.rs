@@ -362,3 +362,40 @@ proptest! {
         prop_assert_eq!(p.client.received.clone(), expected(ss));
     }
 }
+
+#[test]
+fn receiver_drops_a_replayed_duplicate_and_rejects_a_gap() {
+    let t0 = std::time::Instant::now();
+    let mut server = Connection::server(t0, cfg(), keys(70));
+    let mut bytes = Vec::new();
+    frame::encode_hello(
+        &mut bytes,
+        &frame::Hello {
+            version: frame::VERSION,
+            interval_ms: 1000,
+            timeout_ms: 3000,
+            resume: None,
+        },
+    );
+    frame::encode_data(&mut bytes, 0, 0, true, b"a");
+    frame::encode_data(&mut bytes, 0, 0, true, b"a"); // replayed duplicate
+    frame::encode_data(&mut bytes, 1, 0, true, b"b");
+    server.handle_input(t0, &bytes);
+    let msgs: Vec<Vec<u8>> = std::iter::from_fn(|| server.poll_event())
+        .filter_map(|e| match e {
+            Event::Message { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(msgs, vec![b"a".to_vec(), b"b".to_vec()]);
+    let mut gap = Vec::new();
+    frame::encode_data(&mut gap, 5, 0, true, b"x");
+    server.handle_input(t0, &gap);
+    assert!(matches!(
+        server.poll_event(),
+        Some(Event::Closed {
+            code: CloseCode::ProtocolError,
+            ..
+        })
+    ));
+}
