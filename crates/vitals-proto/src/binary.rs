@@ -76,6 +76,7 @@ impl Binary {
         let mut b = Binary::base(now, Role::Client, cfg, State::AwaitWelcome);
         let resume = session
             .as_ref()
+            .filter(|s| s.is_established())
             .map(|s| (s.id(), s.keys().token, s.recv_next().0));
         b.resuming = resume.is_some();
         b.session = Some(session.unwrap_or_else(|| {

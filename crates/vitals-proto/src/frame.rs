@@ -343,3 +343,63 @@ pub fn encode_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
     out.extend_from_slice(&code.to_u16().to_be_bytes());
     out.extend_from_slice(reason.as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn doc_examples_match_the_encoder() {
+        let mut v = Vec::new();
+        encode_ping(&mut v, FrameType::Ping, 5, 1_500_000);
+        assert_eq!(
+            hex(&v),
+            "03 00 00 00 0c 00 00 00 05 00 00 00 00 00 16 e3 60"
+        );
+        v.clear();
+        encode_data(&mut v, 3, 7, true, b"hi");
+        assert_eq!(
+            hex(&v),
+            "05 00 00 00 13 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 07 01 68 69"
+        );
+        v.clear();
+        encode_ack(&mut v, 4);
+        assert_eq!(hex(&v), "06 00 00 00 08 00 00 00 00 00 00 00 04");
+        v.clear();
+        encode_close(&mut v, CloseCode::TooManyPings, "slow down");
+        assert_eq!(hex(&v), "07 00 00 00 0b 00 02 73 6c 6f 77 20 64 6f 77 6e");
+        v.clear();
+        let token: [u8; 16] = std::array::from_fn(|i| 0x10 + i as u8);
+        encode_hello(
+            &mut v,
+            &Hello {
+                version: 1,
+                interval_ms: 15_000,
+                timeout_ms: 45_000,
+                resume: Some((SessionId(0x2a), ResumeToken::from_bytes(token), 7)),
+            },
+        );
+        assert_eq!(
+            hex(&v),
+            "01 00 00 00 2e 56 54 4c 53 01 01 00 00 3a 98 00 00 af c8 00 00 00 00 00 00 00 2a \
+             10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00 00 00 00 00 00 00 07"
+        );
+    }
+
+    #[test]
+    fn long_close_reason_is_truncated_at_a_char_boundary() {
+        let reason = "é".repeat(200); // 400 bytes
+        let mut v = Vec::new();
+        encode_close(&mut v, CloseCode::Normal, &reason);
+        let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
+        assert_eq!(len - 2, MAX_REASON_LEN);
+        assert!(std::str::from_utf8(&v[7..]).is_ok());
+    }
+}

@@ -14,7 +14,10 @@
 //!   asked for, our process was paused or starved. That call convicts nobody: silence is
 //!   counted from at most `interval` before this late wake-up (`silence_start =
 //!   max(last_recv, now - interval)`), so a ping goes out at once and conviction needs another
-//!   `timeout - interval` of real, observed silence.
+//!   `timeout - interval` of real, observed silence;
+//! - **in-flight guard**: conviction also waits until the first probe of the current silence
+//!   has been unanswered for `srtt + 4 * rttvar` (capped at `timeout`), so a slow but live
+//!   path is not convicted while its answer can still be on the way.
 
 use crate::phi::{PhiConfig, PhiDetector};
 use crate::rtt::RttStats;
@@ -66,6 +69,8 @@ pub(crate) struct Liveness {
     /// Silence is never counted from before this (set by the stall guard).
     floor: Instant,
     last_ping: Option<Instant>,
+    /// First ping sent in the current silence (the probe whose answer conviction waits for).
+    probe_sent: Option<Instant>,
     /// (nonce, timestamp µs) of the newest ping sent.
     outstanding: Option<(u32, u64)>,
     next_nonce: u32,
@@ -84,6 +89,7 @@ impl Liveness {
             prev_recv: now,
             floor: now,
             last_ping: None,
+            probe_sent: None,
             outstanding: None,
             next_nonce: 0,
             deadline: now,
@@ -187,7 +193,7 @@ impl Liveness {
             self.suspected_since = None;
         }
         let silent = now.saturating_duration_since(start);
-        if silent >= self.cfg.timeout && !v.stalled {
+        if now >= self.dead_at(start) && !v.stalled {
             v.dead = Some(silent);
             return v;
         }
@@ -213,6 +219,9 @@ impl Liveness {
         if v.ping {
             // The caller sends it; record the time now so the next deadline is right.
             self.last_ping = Some(now);
+            if self.probe_sent.is_none_or(|p| p < start) {
+                self.probe_sent = Some(now);
+            }
         }
         self.deadline = self.compute_deadline();
         v
@@ -225,9 +234,28 @@ impl Liveness {
         }
     }
 
+    /// Retransmission-style timeout of a probe: `srtt + 4 * rttvar`, capped at `timeout`
+    /// (zero before the first RTT sample).
+    fn probe_rto(&self) -> Duration {
+        if self.rtt.samples == 0 {
+            return Duration::ZERO;
+        }
+        (self.rtt.smoothed + self.rtt.var * 4).min(self.cfg.timeout)
+    }
+
+    /// When silence since `start` convicts: `start + timeout`, but never while the answer to
+    /// the first probe of this silence can still be in flight (`probe + rto`).
+    fn dead_at(&self, start: Instant) -> Instant {
+        let at = start + self.cfg.timeout;
+        match self.probe_sent {
+            Some(p) if p >= start => at.max(p + self.probe_rto()),
+            _ => at,
+        }
+    }
+
     fn compute_deadline(&self) -> Instant {
         let start = self.silence_start();
-        let mut d = (start + self.cfg.timeout).min(self.next_ping_at(start));
+        let mut d = self.dead_at(start).min(self.next_ping_at(start));
         if let Some(phi) = self.phi.as_deref() {
             let limit = self.cfg.timeout;
             let cfg = phi.config();

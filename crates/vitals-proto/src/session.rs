@@ -137,6 +137,7 @@ pub struct Session {
     recv_next: u64,
     ack_sent: u64,
     detached_at: Option<Instant>,
+    established: bool,
 }
 
 impl Session {
@@ -152,7 +153,14 @@ impl Session {
             recv_next: 0,
             ack_sent: 0,
             detached_at: None,
+            established: false,
         }
+    }
+
+    /// True once a handshake bound this session to an id the server knows. A client session
+    /// that never got a WELCOME starts a new session on reconnect (keeping its queued messages).
+    pub fn is_established(&self) -> bool {
+        self.established
     }
 
     /// Session id.
@@ -317,6 +325,7 @@ impl Session {
     /// since what the peer acknowledged during resume is all we know.
     pub(crate) fn attach(&mut self) {
         self.detached_at = None;
+        self.established = true;
         self.ack_sent = self.recv_next;
     }
 

@@ -1,0 +1,8 @@
+//! Integration suite: the protocol on virtual time through a two-peer simulator.
+
+mod decoders;
+mod enforcement;
+mod json_compat;
+mod liveness;
+mod sessions;
+mod sim;
