@@ -3,8 +3,9 @@
 //! # Shape
 //! 11 levels of 64 slots, one occupancy bitmap per level (`wheel/level.rs` holds the slot
 //! math). Entries live in a slab (`wheel/slab.rs`) and are addressed by a [`Key`] = (index, generation), so a key
-//! that outlived its entry is reported as [`Error::StaleKey`], never a panic. Each slot is an intrusive
-//! doubly-linked list through the slab, so cancel and reset unlink in O(1).
+//! that outlived its entry is reported as [`Error::StaleKey`], never a panic. Each slot is a list of
+//! slab indices and each entry knows its position in it, so cancel and reset leave a list in O(1)
+//! (`swap_remove`); emptying a slot walks a contiguous array whose entry loads overlap in the cache.
 //!
 //! # Time
 //! The wheel counts ticks (default 1 ms) from an `origin` instant. A deadline is rounded *up* to a tick and
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use level::{LEVELS, SLOTS, level_for, next_occupied, slot_for};
-use slab::{Head, NIL, Place, Slab};
+use slab::{PENDING, Slab, VACANT};
 
 /// Default tick: one millisecond.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(1);
@@ -62,10 +63,14 @@ pub struct Wheel<T> {
     /// Ticks since origin up to which all slots have been processed.
     elapsed: u64,
     slab: Slab<T>,
-    heads: [[Head; SLOTS]; LEVELS],
+    /// Slot lists, `level * SLOTS + slot`. May hold tombstones: indices of entries that left the list
+    /// (cancelled or re-filed) and are skipped when the slot is emptied.
+    lists: Box<[Vec<u32>]>,
+    /// Entries really in each list (the rest are tombstones).
+    live: Box<[u32]>,
     occupied: [u64; LEVELS],
     /// Entries that are due and wait to be handed out by `poll`.
-    pending: Head,
+    pending: Vec<u32>,
     /// The last `now` given to [`poll`](Wheel::poll) and its tick: callers drain with one `now` many times,
     /// so the `Instant` → tick conversion (a subtraction and a division) is done once per drain.
     last_poll: Option<(Instant, u64)>,
@@ -94,9 +99,10 @@ impl<T> Wheel<T> {
             tick_nanos,
             elapsed: 0,
             slab: Slab::with_capacity(capacity),
-            heads: [[NIL; SLOTS]; LEVELS],
+            lists: (0..LEVELS * SLOTS).map(|_| Vec::new()).collect(),
+            live: vec![0; LEVELS * SLOTS].into_boxed_slice(),
             occupied: [0; LEVELS],
-            pending: NIL,
+            pending: Vec::new(),
             last_poll: None,
         }
     }
@@ -179,20 +185,20 @@ impl<T> Wheel<T> {
 
     /// Moves the entry's deadline to tick `tick`. O(1); a later deadline re-files lazily.
     pub fn reset_to_tick(&mut self, key: Key, tick: u64) -> Result<(), Error> {
-        let (old, place) = {
+        let (old, level) = {
             let entry = self
                 .slab
                 .get(key.index, key.generation)
                 .ok_or(Error::StaleKey)?;
-            (entry.deadline, entry.place)
+            (entry.deadline, entry.level)
         };
-        if tick >= old && matches!(place, Place::Slot { .. }) {
+        if tick >= old && level != PENDING {
             // Lazy: the entry's slot comes due no later than the new deadline; it is re-filed then.
-            self.slab.entries[key.index as usize].deadline = tick;
+            self.slab.at_mut(key.index).deadline = tick;
             return Ok(());
         }
         self.unlink(key.index);
-        self.slab.entries[key.index as usize].deadline = tick;
+        self.slab.at_mut(key.index).deadline = tick;
         self.file(key.index);
         Ok(())
     }
@@ -207,15 +213,12 @@ impl<T> Wheel<T> {
 
     /// The entry's payload, if the key is live.
     pub fn get(&self, key: Key) -> Option<&T> {
-        self.slab
-            .get(key.index, key.generation)
-            .and_then(|e| e.value.as_ref())
+        self.slab.value(key.index, key.generation)
     }
 
     /// The entry's payload, mutably, if the key is live.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
-        self.check(key).ok()?;
-        self.slab.entries[key.index as usize].value.as_mut()
+        self.slab.value_mut(key.index, key.generation)
     }
 
     /// True when `key` names an entry still in the wheel.
@@ -240,10 +243,8 @@ impl<T> Wheel<T> {
     /// [`poll`](Self::poll) with `now` given in ticks.
     pub fn poll_tick(&mut self, now: u64) -> Option<Expired<T>> {
         loop {
-            if self.pending != NIL {
-                let index = self.pending;
-                self.slab.unlink(&mut self.pending, index);
-                let entry = &self.slab.entries[index as usize];
+            if let Some(index) = self.pending.pop() {
+                let entry = self.slab.at(index);
                 let key = Key {
                     index,
                     generation: entry.generation,
@@ -277,7 +278,7 @@ impl<T> Wheel<T> {
 
     /// [`next_deadline`](Self::next_deadline) in ticks.
     pub fn next_deadline_tick(&self) -> Option<u64> {
-        if self.pending != NIL {
+        if !self.pending.is_empty() {
             return Some(self.elapsed);
         }
         self.next_expiration().map(|(_, _, start)| start)
@@ -290,38 +291,90 @@ impl<T> Wheel<T> {
             .ok_or(Error::StaleKey)
     }
 
-    /// Links entry `index` where its deadline belongs: due now → pending, else its level and slot.
+    /// Lists entry `index` where its deadline belongs: due now → pending, else its level and slot.
     fn file(&mut self, index: u32) {
-        let when = self.slab.entries[index as usize].deadline;
+        let when = self.slab.at(index).deadline;
         if when <= self.elapsed {
-            self.slab
-                .push_front(&mut self.pending, index, Place::Pending);
+            let pos = self.pending.len() as u32;
+            self.pending.push(index);
+            let entry = self.slab.at_mut(index);
+            entry.level = PENDING;
+            entry.pos = pos;
             return;
         }
         let level = level_for(self.elapsed, when);
         let slot = slot_for(when, level);
-        let place = Place::Slot {
-            level: level as u8,
-            slot: slot as u8,
-        };
-        self.slab
-            .push_front(&mut self.heads[level][slot], index, place);
+        let i = level * SLOTS + slot;
+        let list = &mut self.lists[i];
+        let pos = list.len() as u32;
+        list.push(index);
+        self.live[i] += 1;
         self.occupied[level] |= 1 << slot;
+        let entry = self.slab.at_mut(index);
+        entry.level = level as u8;
+        entry.slot = slot as u8;
+        entry.pos = pos;
     }
 
-    /// Removes entry `index` from whatever list holds it.
+    /// Takes entry `index` out of whatever list holds it, in O(1). From the pending list it is removed
+    /// (`swap_remove`); from a slot list it leaves a tombstone — no other entry is touched, which keeps a
+    /// cancel to one cache miss. A list whose entries are all gone is cleared; one that is mostly
+    /// tombstones is compacted (amortised O(1), see [`COMPACT_RATIO`]).
     fn unlink(&mut self, index: u32) {
-        match self.slab.entries[index as usize].place {
-            Place::Slot { level, slot } => {
-                let (level, slot) = (level as usize, slot as usize);
-                self.slab.unlink(&mut self.heads[level][slot], index);
-                if self.heads[level][slot] == NIL {
-                    self.occupied[level] &= !(1 << slot);
+        let (level, slot, pos) = {
+            let e = self.slab.at(index);
+            (e.level, e.slot as usize, e.pos as usize)
+        };
+        match level {
+            VACANT => {}
+            PENDING => {
+                if self.pending.get(pos) != Some(&index) {
+                    debug_assert!(false, "entry {index} not at its pending position");
+                    return;
+                }
+                self.pending.swap_remove(pos);
+                if let Some(&moved) = self.pending.get(pos) {
+                    self.slab.at_mut(moved).pos = pos as u32;
                 }
             }
-            Place::Pending => self.slab.unlink(&mut self.pending, index),
-            Place::Vacant => {}
+            level => {
+                let i = level as usize * SLOTS + slot;
+                // Mark the entry as listed nowhere so that its tombstone is recognised.
+                self.slab.at_mut(index).level = PENDING;
+                self.live[i] = self.live[i].saturating_sub(1);
+                if self.live[i] == 0 {
+                    self.lists[i].clear();
+                    self.occupied[level as usize] &= !(1 << slot);
+                } else if self.lists[i].len()
+                    > COMPACT_RATIO * self.live[i] as usize + COMPACT_SLACK
+                {
+                    self.compact(level as usize, slot);
+                }
+            }
         }
+    }
+
+    /// True when the entry at `index` really is at position `pos` of list (`level`, `slot`).
+    fn listed_at(&self, index: u32, level: usize, slot: usize, pos: usize) -> bool {
+        let e = self.slab.at(index);
+        e.level as usize == level && e.slot as usize == slot && e.pos as usize == pos
+    }
+
+    /// Drops the tombstones of one list, fixing the positions of the entries that stay.
+    fn compact(&mut self, level: usize, slot: usize) {
+        let i = level * SLOTS + slot;
+        let mut list = std::mem::take(&mut self.lists[i]);
+        let mut kept = 0;
+        for read in 0..list.len() {
+            let index = list[read];
+            if self.listed_at(index, level, slot, read) {
+                list[kept] = index;
+                self.slab.at_mut(index).pos = kept as u32;
+                kept += 1;
+            }
+        }
+        list.truncate(kept);
+        self.lists[i] = list;
     }
 
     /// The earliest occupied slot over all levels: `(level, slot, first tick)`.
@@ -338,26 +391,47 @@ impl<T> Wheel<T> {
     }
 
     /// Empties one slot that has come due at tick `start`: entries due by `now` become pending, the rest
-    /// (entries of a coarser slot, or lazily reset ones) are re-filed relative to `start`.
+    /// (entries of a coarser slot, or lazily reset ones) are re-filed relative to `start`. An entry never
+    /// returns to the slot being emptied (a later deadline lands on a lower level, or a higher one for a
+    /// later rotation), so the list's buffer is handed back afterwards for reuse.
     fn process_slot(&mut self, level: usize, slot: usize, start: u64, now: u64) {
         self.elapsed = self.elapsed.max(start);
-        let mut index = std::mem::replace(&mut self.heads[level][slot], NIL);
+        let i = level * SLOTS + slot;
+        let mut list = std::mem::take(&mut self.lists[i]);
+        self.live[i] = 0;
         self.occupied[level] &= !(1 << slot);
-        while index != NIL {
-            let entry = &mut self.slab.entries[index as usize];
-            let next = entry.next;
-            entry.prev = NIL;
-            entry.next = NIL;
-            if entry.deadline <= now {
-                self.slab
-                    .push_front(&mut self.pending, index, Place::Pending);
+        for (pos, &index) in list.iter().enumerate() {
+            if !self.listed_at(index, level, slot, pos) {
+                continue; // a tombstone
+            }
+            if self.slab.at(index).deadline <= now {
+                let pos = self.pending.len() as u32;
+                self.pending.push(index);
+                let entry = self.slab.at_mut(index);
+                entry.level = PENDING;
+                entry.pos = pos;
             } else {
                 self.file(index);
             }
-            index = next;
+        }
+        list.clear();
+        // Keep small buffers (level-0 slots refill every rotation); give big ones back to the allocator.
+        if list.capacity() <= KEEP_LIST_CAPACITY && self.lists[i].is_empty() {
+            self.lists[i] = list;
         }
     }
 }
+
+/// A list is compacted once it is longer than `COMPACT_RATIO` times its live entries (plus
+/// [`COMPACT_SLACK`]): compaction reads every listed entry, so a higher ratio spreads that cost over more
+/// cancels (about `RATIO / (RATIO - 1)` entry reads per cancel) for up to `RATIO - 1` tombstones of 4 bytes
+/// per live entry, only in lists that see cancels.
+const COMPACT_RATIO: usize = 4;
+/// Tombstones any list may hold before compaction is considered.
+const COMPACT_SLACK: usize = 32;
+
+/// Largest slot-list buffer (in entries) kept after its slot is emptied.
+const KEEP_LIST_CAPACITY: usize = 1024;
 
 /// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
 fn duration_nanos(d: Duration) -> u64 {

@@ -1,47 +1,57 @@
-//! The wheel's entry store: a slab of entries addressed by `(index, generation)`, with intrusive
-//! doubly-linked lists so that an entry joins or leaves a slot's list in O(1).
+//! The wheel's entry store: a slab of 32-byte entries (with an 8-byte payload) addressed by
+//! `(index, generation)`, plus the index lists that hold each slot's entries.
 //!
-//! One entry is 40 bytes with an 8-byte payload (checked in a test): the payload, the deadline, two
-//! `u32` links, the generation and two bytes of position. Freed entries are kept on a free list and reused,
-//! so a wheel in steady state allocates nothing per insert.
+//! An entry records where it is listed (`level`, `slot`, and its position `pos` in that list), so it
+//! leaves a list in O(1) by `swap_remove` (the entry moved into its place gets its `pos` fixed). Lists are
+//! `Vec<u32>` of slab indices rather than intrusive linked lists: emptying a slot walks a contiguous
+//! array and the entry loads are independent of each other, so the processor overlaps their cache misses
+//! (a linked list makes every miss wait for the previous one).
+//!
+//! Freed entries form a free list threaded through `pos` and are reused, so a wheel in steady state
+//! allocates nothing per insert.
+//!
+//! The payload is stored as `MaybeUninit<T>` so that a vacant entry costs no `Option` tag: the invariant
+//! is **`level != VACANT` if and only if `value` is initialised**. Every `unsafe` block below relies on it
+//! and nothing else; `alloc`, `free` and `Drop` are the only places that change it.
+#![allow(unsafe_code)]
 
-/// "No entry" in a link field.
+use std::mem::MaybeUninit;
+
+/// "No entry" in a free-list link.
 pub(crate) const NIL: u32 = u32::MAX;
-
-/// Where an entry is linked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Place {
-    /// On level `level`, slot `slot` of the wheel.
-    Slot { level: u8, slot: u8 },
-    /// On the list of entries that are due and not yet handed out by `poll`.
-    Pending,
-    /// Not in use (on the free list).
-    Vacant,
-}
+/// `level` of an entry that is due and waits in the pending list.
+pub(crate) const PENDING: u8 = 254;
+/// `level` of an unused entry.
+pub(crate) const VACANT: u8 = 255;
 
 /// One timer entry.
-#[derive(Debug)]
 pub(crate) struct Entry<T> {
-    /// The payload; `None` only while vacant.
-    pub(crate) value: Option<T>,
+    /// The payload; initialised exactly when `level != VACANT`.
+    value: MaybeUninit<T>,
     /// The true deadline in ticks. It may be later than the slot the entry sits in (a lazy reset).
     pub(crate) deadline: u64,
-    pub(crate) prev: u32,
-    /// Next in the slot list, or next free entry while vacant.
-    pub(crate) next: u32,
+    /// Position in its list; the next free entry while vacant.
+    pub(crate) pos: u32,
     pub(crate) generation: u32,
-    pub(crate) place: Place,
+    /// Level `0..LEVELS`, or [`PENDING`], or [`VACANT`].
+    pub(crate) level: u8,
+    pub(crate) slot: u8,
 }
 
-/// A list head: first entry or [`NIL`].
-pub(crate) type Head = u32;
-
 /// Slab of entries plus a free list.
-#[derive(Debug)]
 pub(crate) struct Slab<T> {
-    pub(crate) entries: Vec<Entry<T>>,
+    entries: Vec<Entry<T>>,
     free: u32,
     len: usize,
+}
+
+impl<T> std::fmt::Debug for Slab<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slab")
+            .field("len", &self.len)
+            .field("capacity", &self.entries.capacity())
+            .finish()
+    }
 }
 
 impl<T> Slab<T> {
@@ -57,28 +67,34 @@ impl<T> Slab<T> {
         self.len
     }
 
-    /// Stores `value` and returns `(index, generation)`. `None` when 2^32 - 1 entries are live.
+    /// Entries ever allocated (live or free).
+    #[cfg(test)]
+    pub(crate) fn allocated(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Stores `value` (listed nowhere yet: `level` is [`PENDING`] until the caller files it) and returns
+    /// `(index, generation)`. `None` when 2^32 - 1 entries are live.
     pub(crate) fn alloc(&mut self, value: T, deadline: u64) -> Option<(u32, u32)> {
         let index = if self.free != NIL {
             let index = self.free;
             let entry = &mut self.entries[index as usize];
-            self.free = entry.next;
-            entry.value = Some(value);
+            self.free = entry.pos;
+            entry.value = MaybeUninit::new(value);
             entry.deadline = deadline;
-            entry.prev = NIL;
-            entry.next = NIL;
+            entry.level = PENDING;
             index
         } else {
             let index = u32::try_from(self.entries.len())
                 .ok()
                 .filter(|&i| i != NIL)?;
             self.entries.push(Entry {
-                value: Some(value),
+                value: MaybeUninit::new(value),
                 deadline,
-                prev: NIL,
-                next: NIL,
+                pos: 0,
                 generation: 0,
-                place: Place::Vacant,
+                level: PENDING,
+                slot: 0,
             });
             index
         };
@@ -90,80 +106,109 @@ impl<T> Slab<T> {
     pub(crate) fn get(&self, index: u32, generation: u32) -> Option<&Entry<T>> {
         self.entries
             .get(index as usize)
-            .filter(|e| e.generation == generation && e.place != Place::Vacant)
+            .filter(|e| e.generation == generation && e.level != VACANT)
     }
 
-    /// Frees an entry that is already unlinked and returns its payload. Bumps the generation so that old
-    /// keys become stale.
+    /// The entry at `index` (live or not). Panics on an index never handed out: internal use only.
+    pub(crate) fn at(&self, index: u32) -> &Entry<T> {
+        &self.entries[index as usize]
+    }
+
+    /// The entry at `index`, mutably (its `value` stays private to this module).
+    pub(crate) fn at_mut(&mut self, index: u32) -> &mut Entry<T> {
+        &mut self.entries[index as usize]
+    }
+
+    /// The payload of a live entry.
+    pub(crate) fn value(&self, index: u32, generation: u32) -> Option<&T> {
+        let entry = self.get(index, generation)?;
+        // SAFETY: `get` returned it, so `level != VACANT`, so `value` is initialised.
+        Some(unsafe { entry.value.assume_init_ref() })
+    }
+
+    /// The payload of a live entry, mutably.
+    pub(crate) fn value_mut(&mut self, index: u32, generation: u32) -> Option<&mut T> {
+        let entry = self
+            .entries
+            .get_mut(index as usize)
+            .filter(|e| e.generation == generation && e.level != VACANT)?;
+        // SAFETY: filtered on `level != VACANT`, so `value` is initialised.
+        Some(unsafe { entry.value.assume_init_mut() })
+    }
+
+    /// Frees a live entry that is already unlisted and returns its payload. Bumps the generation so
+    /// that old keys become stale. `None` if the entry is vacant.
     pub(crate) fn free(&mut self, index: u32) -> Option<T> {
-        let entry = &mut self.entries[index as usize];
-        let value = entry.value.take();
-        entry.place = Place::Vacant;
+        let free_head = self.free;
+        let entry = self.entries.get_mut(index as usize)?;
+        if entry.level == VACANT {
+            return None;
+        }
+        // SAFETY: `level != VACANT`, so `value` is initialised; setting `level = VACANT` right after
+        // makes sure it is never read again until `alloc` writes a new value.
+        let value = unsafe { entry.value.assume_init_read() };
+        entry.level = VACANT;
         entry.generation = entry.generation.wrapping_add(1);
-        entry.prev = NIL;
-        entry.next = self.free;
+        entry.pos = free_head;
         self.free = index;
         self.len -= 1;
-        value
+        Some(value)
     }
+}
 
-    /// Links entry `index` at the front of the list `head`, recording `place`.
-    pub(crate) fn push_front(&mut self, head: &mut Head, index: u32, place: Place) {
-        let old = *head;
-        {
-            let entry = &mut self.entries[index as usize];
-            entry.prev = NIL;
-            entry.next = old;
-            entry.place = place;
+impl<T> Drop for Slab<T> {
+    fn drop(&mut self) {
+        for entry in &mut self.entries {
+            if entry.level != VACANT {
+                // SAFETY: `level != VACANT`, so `value` is initialised; the slab is going away, so it
+                // is never read again.
+                unsafe { entry.value.assume_init_drop() };
+                entry.level = VACANT;
+            }
         }
-        if old != NIL {
-            self.entries[old as usize].prev = index;
-        }
-        *head = index;
-    }
-
-    /// Unlinks entry `index` from the list `head`. The entry's `place` is left for the caller to set.
-    pub(crate) fn unlink(&mut self, head: &mut Head, index: u32) {
-        let (prev, next) = {
-            let entry = &self.entries[index as usize];
-            (entry.prev, entry.next)
-        };
-        if prev == NIL {
-            *head = next;
-        } else {
-            self.entries[prev as usize].next = next;
-        }
-        if next != NIL {
-            self.entries[next as usize].prev = prev;
-        }
-        let entry = &mut self.entries[index as usize];
-        entry.prev = NIL;
-        entry.next = NIL;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::rc::Rc;
 
     #[test]
-    fn entry_with_eight_byte_payload_is_forty_bytes() {
-        assert_eq!(std::mem::size_of::<Entry<u64>>(), 40);
+    fn entry_with_eight_byte_payload_is_thirty_two_bytes() {
+        assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
     }
 
     #[test]
     fn freed_entries_are_reused_with_a_new_generation() {
         let mut slab = Slab::with_capacity(0);
         let (a, ga) = slab.alloc(1u64, 0).unwrap();
-        let mut head = NIL;
-        slab.push_front(&mut head, a, Place::Pending);
-        slab.unlink(&mut head, a);
-        assert_eq!(head, NIL);
         assert_eq!(slab.free(a), Some(1));
+        assert_eq!(slab.free(a), None, "double free is refused");
         assert!(slab.get(a, ga).is_none());
         let (b, gb) = slab.alloc(2u64, 0).unwrap();
         assert_eq!(b, a);
         assert_ne!(gb, ga);
-        assert_eq!(slab.entries.len(), 1);
+        assert_eq!(slab.value(b, gb), Some(&2));
+        assert_eq!(slab.allocated(), 1);
+    }
+
+    #[test]
+    fn payloads_are_dropped_exactly_once() {
+        let probe = Rc::new(());
+        {
+            let mut slab = Slab::with_capacity(0);
+            let (a, _) = slab.alloc(Rc::clone(&probe), 0).unwrap();
+            slab.alloc(Rc::clone(&probe), 0).unwrap();
+            slab.alloc(Rc::clone(&probe), 0).unwrap();
+            assert_eq!(Rc::strong_count(&probe), 4);
+            drop(slab.free(a));
+            assert_eq!(Rc::strong_count(&probe), 3);
+        }
+        assert_eq!(
+            Rc::strong_count(&probe),
+            1,
+            "the slab's drop released the live payloads"
+        );
     }
 }

@@ -130,13 +130,13 @@ fn steady_state_reuses_entries() {
     let keys: Vec<_> = (0..1000)
         .map(|i| wheel.insert_at_tick(i + 1, i).unwrap())
         .collect();
-    let slab_len = wheel.slab.entries.len();
+    let slab_len = wheel.slab.allocated();
     for (i, k) in keys.into_iter().enumerate() {
         wheel.cancel(k).unwrap();
         wheel.insert_at_tick(5000 + i as u64, 0).unwrap();
     }
     assert_eq!(
-        wheel.slab.entries.len(),
+        wheel.slab.allocated(),
         slab_len,
         "churn must reuse freed entries"
     );
@@ -234,4 +234,49 @@ proptest! {
             prop_assert_eq!(wheel.len(), oracle.len());
         }
     }
+}
+
+#[test]
+fn cancels_leave_tombstones_that_compaction_and_expiry_skip() {
+    let start = Instant::now();
+    let mut wheel = Wheel::new(start);
+    // 2,000 entries in the same level-2 slot (ticks 8192..12287).
+    let keys: Vec<Key> = (0..2000u64)
+        .map(|i| wheel.insert_at_tick(8192 + (i * 7) % 4096, i).unwrap())
+        .collect();
+    let slot_list = |w: &Wheel<u64>| w.lists[2 * level::SLOTS + 2].len();
+    assert_eq!(slot_list(&wheel), 2000);
+    // Cancel 1,900 in a scattered order: the list is compacted on the way, never left mostly dead.
+    let mut cancelled = std::collections::HashSet::new();
+    for j in 0..1900u64 {
+        let i = (j * 1013) % 2000;
+        assert!(cancelled.insert(i));
+        assert_eq!(wheel.cancel(keys[i as usize]), Ok(i));
+        assert!(
+            slot_list(&wheel)
+                <= COMPACT_RATIO * wheel.live[2 * level::SLOTS + 2] as usize + COMPACT_SLACK
+        );
+    }
+    // Re-file some survivors earlier within the same slot, and recycle cancelled entries into it.
+    let survivors: Vec<u64> = (0..2000).filter(|i| !cancelled.contains(i)).collect();
+    for &i in survivors.iter().take(20) {
+        wheel.reset_to_tick(keys[i as usize], 8192).unwrap();
+    }
+    let fresh: Vec<Key> = (0..50u64)
+        .map(|i| wheel.insert_at_tick(9000 + i, 10_000 + i).unwrap())
+        .collect();
+    assert_eq!(wheel.len(), 100 + 50);
+    let mut fired: Vec<u64> = drain(&mut wheel, 20_000)
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    fired.sort_unstable();
+    let mut want: Vec<u64> = survivors.clone();
+    want.extend(10_000..10_050);
+    assert_eq!(
+        fired, want,
+        "every live entry fires once; no tombstone fires"
+    );
+    assert!(fresh.iter().all(|k| !wheel.contains(*k)));
+    assert!(wheel.is_empty());
 }
