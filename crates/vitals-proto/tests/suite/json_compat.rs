@@ -23,12 +23,13 @@ fn serves_a_classic_client_split_reads_newlines_and_data() {
     let mut s = Connection::json(t0, Role::Server, cfg());
     let stream = b"{\"ping\":10}\n{\"pi";
     s.handle_input(t0, stream);
-    assert_eq!(out(&mut s), b"{\"pong\":10}");
+    // Classic servers answer `{"ping":N}` with `{"pong":N+1}`.
+    assert_eq!(out(&mut s), b"{\"pong\":11}");
     s.handle_input(
         t0 + Duration::from_secs(1),
         b"ng\":11}{\"chat\":\"hi }{\"}\r\n",
     );
-    assert_eq!(out(&mut s), b"{\"pong\":11}");
+    assert_eq!(out(&mut s), b"{\"pong\":12}");
     let ev: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
     assert_eq!(
         ev,
