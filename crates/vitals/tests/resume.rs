@@ -1,0 +1,160 @@
+//! Lossless resume over real sockets: forced disconnects and server restarts under a stream of
+//! sequenced messages.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use vitals::vitals_proto::{MemoryStore, Session, SessionId, SessionStore};
+use vitals::{Client, ClientEvent, Server, ServerEvent};
+
+/// A session store that outlives a server instance (what a shared engine such as Redis gives a
+/// deployment), so a restarted server can resume the sessions of the one before.
+#[derive(Clone, Default)]
+struct SharedStore(Arc<Mutex<MemoryStore>>);
+
+impl SessionStore for SharedStore {
+    fn take(&mut self, id: SessionId) -> Option<Session> {
+        self.0.lock().unwrap().take(id)
+    }
+    fn put(&mut self, session: Session) {
+        self.0.lock().unwrap().put(session)
+    }
+    fn purge_expired(&mut self, now: Instant) -> usize {
+        self.0.lock().unwrap().purge_expired(now)
+    }
+}
+
+const TOTAL: u64 = 100_000;
+
+/// What one server instance saw.
+struct Seen {
+    received: Vec<u64>,
+    disconnects: usize,
+}
+
+/// Collects `count` messages from `server`, disconnecting the client's connection after every `every`.
+async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
+    let handle = server.handle();
+    let mut seen = Seen {
+        received: Vec::new(),
+        disconnects: 0,
+    };
+    while seen.received.len() < count {
+        let Ok(event) = tokio::time::timeout(Duration::from_secs(10), server.next_event()).await
+        else {
+            panic!(
+                "stream stalled for 10 s after {} of {count} messages ({} disconnects)",
+                seen.received.len(),
+                seen.disconnects
+            );
+        };
+        let event = event.expect("server stopped");
+        if let ServerEvent::Message { conn, payload, .. } = event {
+            seen.received
+                .push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
+            if seen.received.len() % every == 0 {
+                handle.disconnect(conn).unwrap();
+                seen.disconnects += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Stops a server instance abruptly (no drain: connections are dropped without CLOSE) and returns the
+/// messages it had already handed to the application but the test had not read yet.
+async fn stop_abruptly(server: Server) -> Vec<u64> {
+    let mut rest = server.shutdown(Duration::ZERO).await;
+    let mut got = Vec::new();
+    while let Some(e) = rest.recv().await {
+        if let ServerEvent::Message { payload, .. } = e {
+            got.push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_forced_disconnects_lose_and_duplicate_nothing() {
+    let store = SharedStore::default();
+    let mut cfg = server_config();
+    let mut server = Server::bind_with_store(cfg.clone(), Box::new(store.clone())).unwrap();
+    cfg.listen = server.local_addr();
+
+    let mut client_cfg = client_config(&server);
+    client_cfg.backoff.base = Duration::from_millis(10);
+    client_cfg.backoff.cap = Duration::from_millis(80);
+    let mut client = Client::connect(client_cfg.clone());
+    let sender = tokio::spawn({
+        let sender = client.sender();
+        async move {
+            for i in 0..TOTAL {
+                sender.send(i.to_be_bytes().to_vec()).await.unwrap();
+            }
+        }
+    });
+    let events = tokio::spawn(async move {
+        let mut reconnects = Vec::new();
+        let mut resumed = 0;
+        while let Some(e) = client.next_event().await {
+            match e {
+                ClientEvent::Reconnecting { attempt, delay } => reconnects.push((attempt, delay)),
+                ClientEvent::Resumed { .. } => resumed += 1,
+                ClientEvent::SessionLost { .. } => panic!("session lost despite the shared store"),
+                _ => {}
+            }
+            if resumed >= 6 {
+                break;
+            }
+        }
+        (reconnects, resumed, client)
+    });
+
+    // First instance: 40,000 messages with a forced disconnect after every 7,000 (5), then it is stopped
+    // abruptly (what it had already delivered still counts).
+    let mut first = serve(&mut server, 40_000, 7_000).await;
+    first.received.extend(stop_abruptly(server).await);
+    // Second instance on the same port and store.
+    let mut server = Server::bind_with_store(cfg.clone(), Box::new(store.clone())).unwrap();
+    let mut second = serve(&mut server, 30_000, 9_000).await;
+    second.received.extend(stop_abruptly(server).await);
+    let mut server = Server::bind_with_store(cfg, Box::new(store.clone())).unwrap();
+    let rest = TOTAL as usize - first.received.len() - second.received.len();
+    let third = serve(&mut server, rest, usize::MAX).await;
+    tokio::time::timeout(Duration::from_secs(10), sender)
+        .await
+        .expect("sender finished")
+        .unwrap();
+
+    let all: Vec<u64> = [first.received, second.received, third.received].concat();
+    assert_eq!(all.len(), TOTAL as usize, "duplicates or losses");
+    assert!(
+        all.iter().copied().eq(0..TOTAL),
+        "out of order or wrong content"
+    );
+    assert_eq!((first.disconnects, second.disconnects), (5, 3));
+
+    let (reconnects, resumed, client) = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .expect("client events")
+        .unwrap();
+    assert!(resumed >= 6, "resumed {resumed} times");
+    // Every delay lies within its full-jitter bound, min(cap, base * 2^(attempt - 1)).
+    for &(attempt, delay) in &reconnects {
+        let bound = client_cfg
+            .backoff
+            .base
+            .saturating_mul(1 << (attempt - 1).min(20))
+            .min(client_cfg.backoff.cap);
+        assert!(delay <= bound, "attempt {attempt}: {delay:?} > {bound:?}");
+    }
+    let distinct: std::collections::HashSet<_> = reconnects.iter().map(|(_, d)| *d).collect();
+    assert!(
+        distinct.len() > reconnects.len() / 2,
+        "delays are not jittered: {reconnects:?}"
+    );
+    drop(client);
+}
