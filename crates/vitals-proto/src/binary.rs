@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 enum State {
     AwaitHello,
     AwaitResume,
+    /// Server, new session: WELCOME sent, waiting for the client's first frame after it (which
+    /// proves the client holds the session id and token). Behaves as `Open` otherwise.
+    AwaitConfirm,
     AwaitWelcome,
     Open,
     Closed,
@@ -34,6 +37,10 @@ pub(crate) struct Binary {
     /// Client: asked to resume. Server: keys for a new session.
     resuming: bool,
     fresh: Option<SessionKeys>,
+    /// Server: the client demonstrably holds the session (it resumed it, or sent a frame after
+    /// our WELCOME). Until then `send` is refused: a message queued in a session the client may
+    /// never learn about could never be delivered. Always true for clients.
+    confirmed: bool,
     pending_resume: Option<(SessionId, ResumeToken, u64)>,
     control: Vec<u8>,
     tx_seq: u64,
@@ -61,6 +68,7 @@ impl Binary {
             session: None,
             resuming: false,
             fresh: None,
+            confirmed: role == Role::Client,
             pending_resume: None,
             control: Vec::new(),
             tx_seq: 0,
@@ -188,6 +196,10 @@ impl Binary {
 
     fn on_frame(&mut self, now: Instant, f: Frame) {
         let ty = f.frame_type();
+        if self.state == State::AwaitConfirm && !matches!(f, Frame::Close { .. }) {
+            // Only a client that received our WELCOME sends anything but CLOSE after HELLO.
+            self.confirm();
+        }
         match (f, self.state) {
             (Frame::Close { code, reason }, _) => {
                 if code == CloseCode::TooManyPings && self.role == Role::Client {
@@ -341,12 +353,36 @@ impl Binary {
                 ack,
             },
         );
+        if resumed {
+            // The client presented this session's id and token: it holds the session.
+            self.state = State::Open;
+            self.confirmed = true;
+            self.events.push_back(Event::Connected {
+                session: keys.id,
+                resumed,
+                interval,
+                timeout,
+            });
+        } else {
+            self.state = State::AwaitConfirm;
+        }
+    }
+
+    /// Server, new session: the client's first frame after WELCOME arrived, so it holds the
+    /// session id and token and can resume it. Now the session is open for `send`.
+    fn confirm(&mut self) {
+        let Some(s) = self.session.as_ref() else {
+            return;
+        };
+        let session = s.id();
         self.state = State::Open;
+        self.confirmed = true;
+        let cfg = self.live.config();
         self.events.push_back(Event::Connected {
-            session: keys.id,
-            resumed,
-            interval,
-            timeout,
+            session,
+            resumed: false,
+            interval: cfg.interval,
+            timeout: cfg.timeout,
         });
     }
 
@@ -392,6 +428,12 @@ impl Binary {
             });
         }
         s.attach();
+        if !w.resumed {
+            // Completes the handshake: tells the server we hold the new session (see
+            // `State::AwaitConfirm`). Control frames go first, so this precedes any DATA.
+            let next = s.ack_sending();
+            frame::encode_ack(&mut self.control, next);
+        }
         self.tx_seq = s.peer_acked();
         self.tx_off = 0;
         self.live.set_timing(interval, timeout);
@@ -497,7 +539,7 @@ impl Binary {
         if let Some(phi) = v.suspect {
             self.events.push_back(Event::Suspect { phi });
         }
-        if v.ping && self.state == State::Open {
+        if v.ping && matches!(self.state, State::Open | State::AwaitConfirm) {
             let (nonce, ts) = self.live.make_ping(now, self.epoch);
             frame::encode_ping(&mut self.control, FrameType::Ping, nonce, ts);
         }
@@ -518,12 +560,17 @@ impl Binary {
     }
 
     pub(crate) fn room_for(&self, len: usize) -> Room {
-        self.session
-            .as_ref()
-            .map_or(Room::Later, |s| s.room_for(len))
+        match self.session.as_ref() {
+            Some(s) if self.confirmed => s.room_for(len),
+            Some(s) if s.room_for(len) == Room::Never => Room::Never,
+            _ => Room::Later,
+        }
     }
 
     pub(crate) fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {
+        if !self.confirmed {
+            return Err(SendError::NoSession);
+        }
         let s = self.session.as_mut().ok_or(SendError::NoSession)?;
         Ok(s.push(now, payload)?)
     }

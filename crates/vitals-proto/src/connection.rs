@@ -97,7 +97,10 @@ impl Default for JsonConfig {
 /// Something the application or runtime should know.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Handshake done (binary mode).
+    /// Handshake done (binary mode); from here on [`Connection::send`] takes messages. A server
+    /// reports a new session only once the client's first frame after WELCOME (its ACK) shows
+    /// the client holds the session id and token, so nothing can be queued in a session the
+    /// client never learned of; a resumed session is reported at once.
     Connected {
         /// Session id.
         session: SessionId,
@@ -159,7 +162,8 @@ pub enum SendError {
     /// The replay buffer or send queue is full; retry after acks.
     #[error(transparent)]
     Backpressure(#[from] Backpressure),
-    /// A server connection has no session yet (before HELLO / resume).
+    /// A server connection has no session the client holds yet: before HELLO, while a resume
+    /// is pending, or before the client confirmed a new session (see [`Event::Connected`]).
     #[error("no session yet")]
     NoSession,
     /// JSON mode: the payload is not exactly one JSON object.

@@ -53,6 +53,8 @@ fn ping_abuse_collects_strikes_then_typed_close() {
             resume: None,
         },
     );
+    // A client answers WELCOME with ACK(0), which confirms the new session.
+    frame::encode_ack(&mut bytes, 0);
     server.handle_input(t0, &bytes);
     assert!(matches!(events(&mut server)[..], [Event::Connected { .. }]));
     let mut strikes = Vec::new();

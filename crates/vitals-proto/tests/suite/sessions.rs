@@ -293,6 +293,9 @@ enum Fault {
     Hold(u16),
     Stall(bool, u16),
     Jitter(u16),
+    /// Both sides drop the connection at once, whatever its state (a runtime told to
+    /// disconnect, or a middlebox reset); in-flight bytes are lost; the client resumes.
+    Reconnect,
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -306,60 +309,102 @@ fn fault() -> impl Strategy<Value = Fault> {
     ]
 }
 
+/// [`fault`] plus forced reconnects at any moment (mid-handshake, mid-chunk, mid-resume), and
+/// short runs so that they land in those windows.
+fn fault_or_reconnect() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        4 => fault(),
+        1 => (1u16..40).prop_map(Fault::Run),
+        1 => Just(Fault::Reconnect),
+    ]
+}
+
+/// Apply `faults`, reconnecting whenever a side closed (as a runtime would), then heal and
+/// drain: every message either side's `send` accepted arrives exactly once and in order.
+fn exactly_once_under(faults: Vec<Fault>, seed: u64) -> Result<(), TestCaseError> {
+    let mut c = cfg();
+    c.chunk_size = 16;
+    c.session.max_replay_messages = 64;
+    let mut p = Pair::new(c, c, seed);
+    let (mut sc, mut ss) = (0u32, 0u32);
+    for f in faults {
+        if p.client.conn.is_closed() || p.server.conn.is_closed() {
+            p.reconnect();
+        }
+        match f {
+            Fault::Run(ms) => p.run_for(Duration::from_millis(ms.into())),
+            Fault::Send(k) => {
+                let now = p.now;
+                for _ in 0..k {
+                    if p.client.conn.send(now, msg(sc)).is_ok() {
+                        sc += 1;
+                    }
+                    if p.server.conn.send(now, msg(ss)).is_ok() {
+                        ss += 1;
+                    }
+                }
+            }
+            Fault::Cut => {
+                p.c2s.blackhole = true;
+                p.s2c.blackhole = true;
+            }
+            Fault::Hold(ms) => {
+                let until = p.now + Duration::from_millis(ms.into());
+                p.c2s.hold_until = Some(until);
+                p.s2c.hold_until = Some(until);
+            }
+            Fault::Stall(client, ms) => {
+                let until = Some(p.now + Duration::from_millis(ms.into()));
+                if client {
+                    p.client.stalled_until = until
+                } else {
+                    p.server.stalled_until = until
+                }
+            }
+            Fault::Jitter(ms) => {
+                p.c2s.jitter = Duration::from_millis(ms.into());
+                p.s2c.jitter = Duration::from_millis(ms.into());
+            }
+            Fault::Reconnect => p.reconnect(),
+        }
+        // Invariant at every point: what was delivered is a prefix, in order, no duplicates.
+        prop_assert_eq!(
+            &p.server.received[..],
+            &expected(sc)[..p.server.received.len()]
+        );
+        prop_assert_eq!(
+            &p.client.received[..],
+            &expected(ss)[..p.client.received.len()]
+        );
+    }
+    // Heal and drain: everything sent arrives.
+    p.c2s.jitter = Duration::ZERO;
+    p.s2c.jitter = Duration::ZERO;
+    let limit = p.now + Duration::from_secs(600);
+    while (p.server.received.len() < sc as usize || p.client.received.len() < ss as usize)
+        && p.now < limit
+    {
+        if p.client.conn.is_closed() || p.server.conn.is_closed() {
+            p.reconnect();
+        }
+        p.run_for(Duration::from_millis(500));
+    }
+    prop_assert_eq!(p.server.received.clone(), expected(sc));
+    prop_assert_eq!(p.client.received.clone(), expected(ss));
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn random_faults_keep_exactly_once_in_order(faults in prop::collection::vec(fault(), 1..25), seed in any::<u64>()) {
-        let mut c = cfg();
-        c.chunk_size = 16;
-        c.session.max_replay_messages = 64;
-        let mut p = Pair::new(c, c, seed);
-        let (mut sc, mut ss) = (0u32, 0u32);
-        for f in faults {
-            if p.client.conn.is_closed() || p.server.conn.is_closed() {
-                p.reconnect();
-            }
-            match f {
-                Fault::Run(ms) => p.run_for(Duration::from_millis(ms.into())),
-                Fault::Send(k) => {
-                    let now = p.now;
-                    for _ in 0..k {
-                        if p.client.conn.send(now, msg(sc)).is_ok() { sc += 1; }
-                        if p.server.conn.send(now, msg(ss)).is_ok() { ss += 1; }
-                    }
-                }
-                Fault::Cut => { p.c2s.blackhole = true; p.s2c.blackhole = true; }
-                Fault::Hold(ms) => {
-                    let until = p.now + Duration::from_millis(ms.into());
-                    p.c2s.hold_until = Some(until);
-                    p.s2c.hold_until = Some(until);
-                }
-                Fault::Stall(client, ms) => {
-                    let until = Some(p.now + Duration::from_millis(ms.into()));
-                    if client { p.client.stalled_until = until } else { p.server.stalled_until = until }
-                }
-                Fault::Jitter(ms) => {
-                    p.c2s.jitter = Duration::from_millis(ms.into());
-                    p.s2c.jitter = Duration::from_millis(ms.into());
-                }
-            }
-            // Invariant at every point: what was delivered is a prefix, in order, no duplicates.
-            prop_assert_eq!(&p.server.received[..], &expected(sc)[..p.server.received.len()]);
-            prop_assert_eq!(&p.client.received[..], &expected(ss)[..p.client.received.len()]);
-        }
-        // Heal and drain: everything sent arrives.
-        p.c2s.jitter = Duration::ZERO;
-        p.s2c.jitter = Duration::ZERO;
-        let limit = p.now + Duration::from_secs(600);
-        while (p.server.received.len() < sc as usize || p.client.received.len() < ss as usize) && p.now < limit {
-            if p.client.conn.is_closed() || p.server.conn.is_closed() {
-                p.reconnect();
-            }
-            p.run_for(Duration::from_millis(500));
-        }
-        prop_assert_eq!(p.server.received.clone(), expected(sc));
-        prop_assert_eq!(p.client.received.clone(), expected(ss));
+        exactly_once_under(faults, seed)?;
+    }
+
+    #[test]
+    fn random_faults_and_forced_reconnects_keep_exactly_once_in_order(faults in prop::collection::vec(fault_or_reconnect(), 1..40), seed in any::<u64>()) {
+        exactly_once_under(faults, seed)?;
     }
 }
 
@@ -398,4 +443,110 @@ fn receiver_drops_a_replayed_duplicate_and_rejects_a_gap() {
             ..
         })
     ));
+}
+
+/// Regression (proptest case `[Hold(2264), Jitter(271), Run(2264), Hold(737), Send(1)]`): the
+/// client's HELLO is held, the server opens a new session and sends WELCOME, but the WELCOME is
+/// held past the client's timeout. The client convicts the server, and since it never learned
+/// the session id it reconnects with a new session. A message the server had accepted into the
+/// first session could then never be delivered. Now the server refuses `send` until the client
+/// confirmed the session, and everything accepted arrives exactly once.
+#[test]
+fn server_send_before_the_client_got_welcome_is_refused_not_lost() {
+    let mut c = cfg();
+    c.chunk_size = 16;
+    c.session.max_replay_messages = 64;
+    let mut p = Pair::new(c, c, 445_432_325_939_055_222);
+    p.c2s.jitter = Duration::from_millis(271);
+    p.s2c.jitter = Duration::from_millis(271);
+    let until = p.now + Duration::from_millis(2264);
+    p.c2s.hold_until = Some(until);
+    p.s2c.hold_until = Some(until);
+    p.run_for(Duration::from_millis(2264));
+    // The server has answered HELLO; its WELCOME now waits behind a new hold until after the
+    // client's 3 s timeout.
+    let welcome = p.server.frames_out().into_iter().find_map(|f| match f {
+        Frame::Welcome(w) => Some(w.session_id),
+        _ => None,
+    });
+    assert!(welcome.is_some(), "the server answered HELLO");
+    let until = p.now + Duration::from_millis(737);
+    p.c2s.hold_until = Some(until);
+    p.s2c.hold_until = Some(until);
+    // The application on each side sends one message now (as the proptest did).
+    let now = p.now;
+    let client_sent = p.client.conn.send(now, msg(0));
+    let server_sent = p.server.conn.send(now, msg(0));
+    let server_connected_then = p.server.count(|e| matches!(e, Event::Connected { .. }));
+    p.c2s.jitter = Duration::ZERO;
+    p.s2c.jitter = Duration::ZERO;
+    p.run_for(Duration::from_secs(1));
+    assert!(
+        p.client.dead_at().is_some(),
+        "the client convicted the silent server"
+    );
+    // The runtime reconnects; the client never got the WELCOME, so it starts a new session
+    // (keeping its queued message).
+    p.reconnect();
+    assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
+    p.run_for(Duration::from_secs(1));
+    // The guarantee: whatever `send` accepted arrives exactly once, in order.
+    let accepted = |r: &Result<_, SendError>| if r.is_ok() { expected(1) } else { vec![] };
+    assert_eq!(p.server.received, accepted(&client_sent));
+    assert_eq!(p.client.received, accepted(&server_sent));
+    // How: the client's message was queued and carried into the new session; the server,
+    // whose WELCOME had not been confirmed, refused its message with a typed error.
+    assert_eq!(client_sent, Ok(vitals_proto::Seq(0)));
+    assert_eq!(server_sent, Err(SendError::NoSession));
+    assert_eq!(
+        server_connected_then, 0,
+        "not connected before confirmation"
+    );
+    // On the new, confirmed connection the server's application sends again.
+    let now = p.now;
+    assert_eq!(p.server.conn.send(now, msg(0)), Ok(vitals_proto::Seq(0)));
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.client.received, expected(1));
+}
+
+/// A client that did receive the WELCOME of a new session, whose confirming ACK never reached
+/// the server, resumes that session: the server parks unconfirmed sessions too.
+#[test]
+fn unconfirmed_new_session_is_still_resumable() {
+    let mut p = Pair::new(cfg(), cfg(), 21);
+    // Lose the client's ACK (and everything after it), not the WELCOME.
+    assert!(p.run_until(Duration::from_secs(1), |p| {
+        p.server
+            .frames_out()
+            .iter()
+            .any(|f| matches!(f, Frame::Welcome(_)))
+    }));
+    p.c2s.blackhole = true;
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.client.count(|e| matches!(e, Event::Connected { .. })), 1);
+    assert!(
+        p.client
+            .frames_out()
+            .iter()
+            .any(|f| matches!(f, Frame::Ack { next: 0 })),
+        "the client confirmed"
+    );
+    assert_eq!(p.server.count(|e| matches!(e, Event::Connected { .. })), 0);
+    let now = p.now;
+    assert_eq!(
+        p.server.conn.send(now, b"early".to_vec()),
+        Err(SendError::NoSession)
+    );
+    p.client.conn.send(now, b"one".to_vec()).unwrap();
+    p.reconnect();
+    let resumed = |s: &Side| s.count(|e| matches!(e, Event::Connected { resumed: true, .. }));
+    assert!(p.run_until(Duration::from_secs(1), |p| {
+        resumed(&p.client) == 1 && resumed(&p.server) == 1
+    }));
+    assert_eq!(p.server.count(|e| matches!(e, Event::Connected { .. })), 1);
+    let now = p.now;
+    p.server.conn.send(now, b"two".to_vec()).unwrap();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.server.received, vec![b"one".to_vec()]);
+    assert_eq!(p.client.received, vec![b"two".to_vec()]);
 }
