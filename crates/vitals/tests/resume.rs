@@ -55,7 +55,7 @@ async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
         if let ServerEvent::Message { conn, payload, .. } = event {
             seen.received
                 .push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
-            if seen.received.len() % every == 0 {
+            if seen.received.len().is_multiple_of(every) {
                 handle.disconnect(conn).unwrap();
                 seen.disconnects += 1;
             }
