@@ -149,6 +149,17 @@ pub enum ServerEvent {
         /// Current phi.
         phi: f64,
     },
+    /// A message given to [`ServerHandle::send`](crate::ServerHandle::send) could not be queued; it is
+    /// handed back so the application can retry later or drop it knowingly.
+    SendRefused {
+        /// The connection.
+        conn: ConnId,
+        /// The message, untouched.
+        payload: Vec<u8>,
+        /// Why: the send buffer is full (wait for acknowledgements), the session is not confirmed yet,
+        /// or the message is larger than the whole buffer.
+        reason: &'static str,
+    },
     /// The connection ended.
     Closed {
         /// The connection.

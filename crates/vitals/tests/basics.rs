@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use common::*;
@@ -87,18 +86,7 @@ async fn a_silent_peer_is_convicted_and_others_are_unaffected() {
     .await;
 
     // The silent peer: a raw socket that sends a valid HELLO, then goes quiet.
-    let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
-    let mut hello = Vec::new();
-    vitals::vitals_proto::frame::encode_hello(
-        &mut hello,
-        &vitals::vitals_proto::frame::Hello {
-            version: vitals::vitals_proto::frame::VERSION,
-            interval_ms: INTERVAL.as_millis() as u32,
-            timeout_ms: TIMEOUT.as_millis() as u32,
-            resume: None,
-        },
-    );
-    raw.write_all(&hello).unwrap();
+    let _raw = raw_peer(&server, &hello_bytes());
     let silent = server_event(&mut server, Duration::from_secs(5), |e| match e {
         ServerEvent::Connected { conn, .. } => Some(*conn),
         _ => None,

@@ -76,7 +76,8 @@ pub async fn client_event<T>(
 use std::io::Write;
 use vitals::vitals_proto::frame::{self, Hello};
 
-/// A valid HELLO proposing the test timing.
+/// A valid HELLO proposing the test timing, followed by the ACK(0) with which a client confirms a new
+/// session once it has the WELCOME (sent ahead here: the server takes it as that confirmation).
 pub fn hello_bytes() -> Vec<u8> {
     let mut out = Vec::new();
     frame::encode_hello(
@@ -88,6 +89,7 @@ pub fn hello_bytes() -> Vec<u8> {
             resume: None,
         },
     );
+    frame::encode_ack(&mut out, 0);
     out
 }
 

@@ -581,20 +581,24 @@ impl Loop {
         let reason = conn.reason.take().unwrap_or(DisconnectReason::Io(
             "connection closed without a recorded reason".into(),
         ));
-        if let Some(session) = conn.session {
-            let final_close = matches!(
-                &reason,
-                DisconnectReason::PeerClosed {
-                    code: CloseCode::Normal,
-                    ..
-                }
-            );
+        // Park the session for a resume unless the client ended it for good. This includes a new session
+        // the client had not confirmed yet: it may have received the WELCOME and will try to resume.
+        let final_close = matches!(
+            &reason,
+            DisconnectReason::PeerClosed {
+                code: CloseCode::Normal,
+                ..
+            }
+        );
+        if let Some(session) = conn.proto.take_session(now) {
+            let sid = session.id();
             let mut sessions = self.shared.sessions();
-            if sessions.routes.get(&session) == Some(&id) {
-                sessions.routes.remove(&session);
-                if !final_close && let Some(s) = conn.proto.take_session(now) {
-                    sessions.store.put(s);
-                }
+            let owner = sessions.routes.get(&sid).copied();
+            if owner == Some(id) {
+                sessions.routes.remove(&sid);
+            }
+            if !final_close && owner.is_none_or(|o| o == id) {
+                sessions.store.put(session);
             }
         }
         self.shared.open.fetch_sub(1, Ordering::AcqRel);
@@ -624,8 +628,28 @@ impl Loop {
             Command::Send { conn, payload } => {
                 if let Some(idx) = self.index_of(conn) {
                     let c = &mut self.conns[idx];
-                    if let Err(e) = c.proto.send(now, payload) {
-                        tracing::debug!(peer = %c.peer, error = %e, "send refused");
+                    match c.proto.room_for(payload.len()) {
+                        vitals_proto::Room::Now => {
+                            if let Err(e) = c.proto.send(now, payload) {
+                                tracing::debug!(peer = %c.peer, error = %e, "send refused");
+                            }
+                        }
+                        room => {
+                            let reason = match room {
+                                vitals_proto::Room::Never => "message larger than the send buffer",
+                                _ if self.shared.cfg.codec == Codec::Binary
+                                    && c.session.is_none() =>
+                                {
+                                    "no session yet"
+                                }
+                                _ => "send buffer full",
+                            };
+                            let _ = self.events.send(ServerEvent::SendRefused {
+                                conn,
+                                payload,
+                                reason,
+                            });
+                        }
                     }
                     self.touched.push(idx);
                 }
