@@ -16,8 +16,10 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use std::net::{IpAddr, SocketAddr};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use vitals_proto::{
@@ -31,8 +33,11 @@ use crate::event::{ClientEvent, DisconnectReason};
 use crate::metrics as m;
 use crate::socket::SocketOptions;
 
-/// Read buffer of the client task.
-const READ_BUF: usize = 64 * 1024;
+/// First size of a connection's read buffer; it doubles while reads fill it, up to [`READ_BUF_MAX`], so
+/// that an idle heartbeating client holds 2 KiB, not 64.
+const READ_BUF_MIN: usize = 2 * 1024;
+/// Largest read buffer.
+const READ_BUF_MAX: usize = 64 * 1024;
 /// Most bytes gathered from the core per write.
 const OUT_BATCH: usize = 256 * 1024;
 
@@ -190,7 +195,7 @@ impl Task {
         loop {
             let stream = match tokio::time::timeout(
                 self.cfg.connect_timeout,
-                TcpStream::connect(self.cfg.server),
+                connect(self.cfg.server, self.cfg.bind),
             )
             .await
             {
@@ -332,7 +337,7 @@ impl Task {
         }
         let mut conn = ConnIo {
             stream,
-            buf: vec![0; READ_BUF],
+            buf: vec![0; READ_BUF_MIN],
             out: Vec::new(),
             out_off: 0,
         };
@@ -504,6 +509,20 @@ impl Task {
     }
 }
 
+/// Connects to `server`, from `bind` if given.
+async fn connect(server: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(ip) = bind else {
+        return TcpStream::connect(server).await;
+    };
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(server).await
+}
+
 fn send_error(e: SendError) -> Error {
     match e {
         SendError::Backpressure(b) => Error::Backpressure(b.to_string()),
@@ -563,6 +582,9 @@ impl ConnIo {
                 Ok(n) => {
                     metrics::counter!(m::BYTES_IN).increment(n as u64);
                     proto.handle_input(Instant::now(), &self.buf[..n]);
+                    if n == self.buf.len() && n < READ_BUF_MAX {
+                        self.buf.resize(n * 2, 0);
+                    }
                     if proto.is_closed() {
                         return None;
                     }

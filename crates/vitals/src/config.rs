@@ -99,6 +99,9 @@ pub struct ClientConfig {
     pub backoff: BackoffConfig,
     /// Reconnect after the connection dies. Default true.
     pub reconnect: bool,
+    /// Local address to connect from (e.g. another 127.0.0.x to get more ephemeral ports). Default: the
+    /// system's choice.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl ClientConfig {
@@ -112,6 +115,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             backoff: BackoffConfig::default(),
             reconnect: true,
+            bind: None,
         }
     }
 

@@ -127,3 +127,19 @@ async fn a_silent_peer_is_convicted_and_others_are_unaffected() {
     .await;
     assert_eq!(got, b"still here");
 }
+
+/// A client bound to another loopback source address (how `vitals bench` gets past the ephemeral port
+/// range) connects from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_can_connect_from_a_chosen_source_address() {
+    let mut server = Server::bind(server_config()).unwrap();
+    let mut cfg = client_config(&server);
+    cfg.bind = Some("127.0.0.2".parse().unwrap());
+    let _client = Client::connect(cfg);
+    let peer = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Connected { peer, .. } => Some(*peer),
+        _ => None,
+    })
+    .await;
+    assert_eq!(peer.ip().to_string(), "127.0.0.2");
+}
