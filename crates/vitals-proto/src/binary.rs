@@ -559,6 +559,10 @@ impl Binary {
         Some(d)
     }
 
+    pub(crate) fn pings_sent(&self) -> u32 {
+        self.live.pings_sent()
+    }
+
     pub(crate) fn room_for(&self, len: usize) -> Room {
         match self.session.as_ref() {
             Some(s) if self.confirmed => s.room_for(len),

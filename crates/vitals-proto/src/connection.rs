@@ -230,6 +230,14 @@ impl Connection {
         }
     }
 
+    /// Pings this connection has sent (a wrapping counter; take differences with `wrapping_sub`).
+    pub fn pings_sent(&self) -> u32 {
+        match &self.inner {
+            Inner::Binary(b) => b.pings_sent(),
+            Inner::Json(j) => j.pings_sent(),
+        }
+    }
+
     /// Whether [`send`](Self::send) would take a message of `len` bytes now, later (after acks or
     /// draining), or never.
     pub fn room_for(&self, len: usize) -> Room {

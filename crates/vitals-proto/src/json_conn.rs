@@ -190,6 +190,10 @@ impl Json {
         (!self.closed).then(|| self.live.deadline())
     }
 
+    pub(crate) fn pings_sent(&self) -> u32 {
+        self.live.pings_sent()
+    }
+
     pub(crate) fn room_for(&self, len: usize) -> Room {
         if len > self.cfg.max_send_queue {
             Room::Never

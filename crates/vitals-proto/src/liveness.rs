@@ -129,6 +129,11 @@ impl Liveness {
         }
     }
 
+    /// Pings sent so far (wrapping): nonces are handed out in sequence from 0.
+    pub(crate) fn pings_sent(&self) -> u32 {
+        self.next_nonce
+    }
+
     /// A ping is about to be sent: returns (nonce, timestamp µs since `epoch`).
     pub(crate) fn make_ping(&mut self, now: Instant, epoch: Instant) -> (u32, u64) {
         let nonce = self.next_nonce;

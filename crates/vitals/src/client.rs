@@ -449,7 +449,14 @@ impl Task {
                         Err(e) => { reason = Some(DisconnectReason::from_io(&e)); break; }
                     }
                 }
-                _ = sleep_until_opt(deadline) => proto.handle_timeout(Instant::now()),
+                _ = sleep_until_opt(deadline) => {
+                    let before = proto.pings_sent();
+                    proto.handle_timeout(Instant::now());
+                    let pings = proto.pings_sent().wrapping_sub(before);
+                    if pings > 0 {
+                        metrics::counter!(m::PINGS_SENT).increment(u64::from(pings));
+                    }
+                }
                 cmd = self.cmds.recv(), if self.blocked.is_none() => match cmd {
                     Some(Cmd::Send { payload, done }) => match proto.room_for(payload.len()) {
                         Room::Now => {

@@ -284,7 +284,12 @@ impl Loop {
                 conn.proto
                     .close(CloseCode::MaxAge, "maximum connection age");
             } else {
+                let before = conn.proto.pings_sent();
                 conn.proto.handle_timeout(now);
+                let pings = conn.proto.pings_sent().wrapping_sub(before);
+                if pings > 0 {
+                    metrics::counter!(m::PINGS_SENT).increment(u64::from(pings));
+                }
             }
             self.touched.push(idx);
         }

@@ -1,0 +1,115 @@
+//! The runtime's metrics move as things happen: a recorder installed for this test binary sees
+//! connections, pings, pongs, RTT samples, bytes, resumes, reconnects and rejected input by reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use vitals::{Client, ClientEvent, Server, ServerEvent, metrics as m};
+
+/// Sum of a counter over all label sets, or of samples for a histogram.
+fn total(snapshot: &[(String, Vec<(String, String)>, DebugValue)], name: &str) -> f64 {
+    snapshot
+        .iter()
+        .filter(|(n, _, _)| n == name)
+        .map(|(_, _, v)| match v {
+            DebugValue::Counter(c) => *c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        })
+        .sum()
+}
+
+fn labelled(
+    snapshot: &[(String, Vec<(String, String)>, DebugValue)],
+    name: &str,
+    label: &str,
+) -> u64 {
+    snapshot
+        .iter()
+        .filter(|(n, labels, _)| n == name && labels.iter().any(|(_, v)| v == label))
+        .map(|(_, _, v)| match v {
+            DebugValue::Counter(c) => *c,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_what_happens() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
+
+    let mut server = Server::bind(server_config()).unwrap();
+    let mut client = Client::connect(client_config(&server));
+    let conn = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Connected { conn, .. } => Some(*conn),
+        _ => None,
+    })
+    .await;
+    // Silence long enough for pings and pongs both ways.
+    client_event(&mut client, Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Rtt(_)).then_some(())
+    })
+    .await;
+    // A forced disconnect while messages are queued: reconnect, resume, replay.
+    server.handle().disconnect(conn).unwrap();
+    for i in 0..20u32 {
+        client.send(i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    client_event(&mut client, Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Resumed { .. }).then_some(())
+    })
+    .await;
+    // Garbage from a raw peer: a protocol error.
+    let _bad = raw_peer(&server, b"not a vitals peer");
+    server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Closed {
+            reason: vitals::DisconnectReason::ProtocolError(_),
+            ..
+        } => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let snapshot: Vec<(String, Vec<(String, String)>, DebugValue)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key();
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_string(), l.value().to_string()))
+                .collect();
+            (key.name().to_string(), labels, value)
+        })
+        .collect();
+    for name in [
+        m::CONNECTIONS_ACCEPTED,
+        m::PINGS_SENT,
+        m::PONGS_RECEIVED,
+        m::RTT_SECONDS,
+        m::BYTES_IN,
+        m::BYTES_OUT,
+        m::RESUMES,
+        m::RECONNECTS,
+    ] {
+        assert!(
+            total(&snapshot, name) > 0.0,
+            "{name} did not move: {snapshot:#?}"
+        );
+    }
+    assert!(total(&snapshot, m::CONNECTIONS_ACCEPTED) >= 3.0);
+    assert!(labelled(&snapshot, m::DISCONNECTS, "protocol_error") >= 1);
+    assert!(labelled(&snapshot, m::FRAMES_REJECTED, "protocol_error") >= 1);
+    assert!(
+        labelled(&snapshot, m::DISCONNECTS, "local_close") >= 1,
+        "the forced disconnect"
+    );
+}
