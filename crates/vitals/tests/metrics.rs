@@ -9,8 +9,11 @@ use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use vitals::{Client, ClientEvent, Server, ServerEvent, metrics as m};
 
+/// One metric: name, labels, value.
+type Row = (String, Vec<(String, String)>, DebugValue);
+
 /// Sum of a counter over all label sets, or of samples for a histogram.
-fn total(snapshot: &[(String, Vec<(String, String)>, DebugValue)], name: &str) -> f64 {
+fn total(snapshot: &[Row], name: &str) -> f64 {
     snapshot
         .iter()
         .filter(|(n, _, _)| n == name)
@@ -23,7 +26,7 @@ fn total(snapshot: &[(String, Vec<(String, String)>, DebugValue)], name: &str) -
 }
 
 fn labelled(
-    snapshot: &[(String, Vec<(String, String)>, DebugValue)],
+    snapshot: &[Row],
     name: &str,
     label: &str,
 ) -> u64 {
@@ -77,7 +80,7 @@ async fn metrics_follow_what_happens() {
     })
     .await;
 
-    let snapshot: Vec<(String, Vec<(String, String)>, DebugValue)> = snapshotter
+    let snapshot: Vec<Row> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
