@@ -158,3 +158,58 @@ async fn restarts_and_forced_disconnects_lose_and_duplicate_nothing() {
     );
     drop(client);
 }
+
+/// A restart that loses the sessions (the default in-memory store dies with the server): the client is
+/// told (`SessionLost`), starts a new session and re-sends what the old server never acknowledged.
+/// Nothing is lost; the only duplicates are messages the old server had received but not yet
+/// acknowledged, and they come right after the point where the old server stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_the_sessions_loses_nothing_and_says_so() {
+    const N: u64 = 20_000;
+    let mut cfg = server_config();
+    let mut server = Server::bind(cfg.clone()).unwrap();
+    cfg.listen = server.local_addr();
+    let mut client = Client::connect(client_config(&server));
+    let sender = client.sender();
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            sender.send(i.to_be_bytes().to_vec()).await.unwrap();
+        }
+    });
+    let mut first = serve(&mut server, 8_000, usize::MAX).await.received;
+    first.extend(stop_abruptly(server).await);
+    let mut server = Server::bind(cfg).unwrap(); // a fresh in-memory store
+    let lost = client_event(&mut client, Duration::from_secs(10), |e| match e {
+        ClientEvent::SessionLost { resent, .. } => Some(*resent),
+        ClientEvent::Resumed { .. } => panic!("resumed a session the new server cannot know"),
+        _ => None,
+    })
+    .await;
+    let last_first = *first.last().unwrap();
+    let mut second = Vec::new();
+    while second.last() != Some(&(N - 1)) {
+        second.extend(serve(&mut server, 1, usize::MAX).await.received);
+    }
+    tokio::time::timeout(Duration::from_secs(10), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.iter().copied().eq(0..first.len() as u64),
+        "first instance in order"
+    );
+    let resumed_from = second[0];
+    assert!(
+        second.iter().copied().eq(resumed_from..N),
+        "second instance in order, nothing lost"
+    );
+    assert!(
+        resumed_from <= last_first + 1,
+        "a gap: {last_first} then {resumed_from}"
+    );
+    let duplicates = last_first + 1 - resumed_from;
+    assert!(
+        duplicates as usize <= lost,
+        "{duplicates} duplicates, {lost} re-sent"
+    );
+}
