@@ -25,11 +25,7 @@ fn total(snapshot: &[Row], name: &str) -> f64 {
         .sum()
 }
 
-fn labelled(
-    snapshot: &[Row],
-    name: &str,
-    label: &str,
-) -> u64 {
+fn labelled(snapshot: &[Row], name: &str, label: &str) -> u64 {
     snapshot
         .iter()
         .filter(|(n, labels, _)| n == name && labels.iter().any(|(_, v)| v == label))
