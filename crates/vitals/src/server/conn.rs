@@ -14,33 +14,44 @@ use vitals_timer::Key;
 
 use crate::event::DisconnectReason;
 
-/// A server connection in an event loop's slab.
+/// A server connection in an event loop's slab. Only what every connection needs is inline; state that
+/// exists only while writes are blocked or the connection is ending lives behind `Option<Box<…>>`, so an
+/// idle heartbeating connection is this struct plus its protocol core (size checked in a test).
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
-    pub(crate) proto: Connection,
-    pub(crate) peer: SocketAddr,
     pub(crate) generation: u32,
-    pub(crate) session: Option<SessionId>,
-    /// The wheel entry holding this connection's next deadline.
-    pub(crate) timer: Option<Key>,
-    /// The deadline (in wheel ticks) that entry was filed for.
-    pub(crate) timer_tick: u64,
-    /// Bytes the socket has not taken yet.
-    pub(crate) pending: Vec<u8>,
-    /// When `pending` last became non-empty without draining.
-    pub(crate) stalled_since: Option<Instant>,
-    /// Closing: flush `pending` until this instant, then drop.
-    pub(crate) linger_until: Option<Instant>,
-    /// Max-age deadline, if configured.
-    pub(crate) expires: Option<Instant>,
-    /// Why it is ending, once known.
-    pub(crate) reason: Option<DisconnectReason>,
     /// The socket is unusable (EOF, error, stalled writes): tear down without writing more.
     pub(crate) broken: bool,
     /// WRITABLE interest is registered.
     pub(crate) writable: bool,
     /// Waiting for another loop to hand over a session being resumed.
     pub(crate) awaiting_resume: bool,
+    pub(crate) proto: Connection,
+    pub(crate) session: Option<SessionId>,
+    /// The wheel entry holding this connection's next deadline.
+    pub(crate) timer: Option<Key>,
+    /// Max-age deadline, if configured.
+    pub(crate) expires: Option<Instant>,
+    /// Bytes the socket has not taken yet, and since when.
+    pub(crate) backlog: Option<Box<Backlog>>,
+    /// Why and how it is ending, once it is.
+    pub(crate) ending: Option<Box<Ending>>,
+}
+
+/// Output the socket refused.
+pub(crate) struct Backlog {
+    pub(crate) bytes: Vec<u8>,
+    /// When the backlog appeared (a write stall is measured from here).
+    pub(crate) since: Instant,
+}
+
+/// State of a connection that is closing.
+#[derive(Default)]
+pub(crate) struct Ending {
+    /// Why it ends (the first reason recorded).
+    pub(crate) reason: Option<DisconnectReason>,
+    /// Flush the backlog until this instant, then drop.
+    pub(crate) linger_until: Option<Instant>,
     /// Close with this code once everything queued has been written (graceful drain).
     pub(crate) close_when_flushed: Option<vitals_proto::CloseCode>,
 }
@@ -49,33 +60,38 @@ impl Conn {
     pub(crate) fn new(
         stream: TcpStream,
         proto: Connection,
-        peer: SocketAddr,
         generation: u32,
         expires: Option<Instant>,
     ) -> Self {
         Conn {
             stream,
-            proto,
-            peer,
             generation,
-            session: None,
-            timer: None,
-            timer_tick: 0,
-            pending: Vec::new(),
-            stalled_since: None,
-            linger_until: None,
-            expires,
-            reason: None,
             broken: false,
             writable: false,
             awaiting_resume: false,
-            close_when_flushed: None,
+            proto,
+            session: None,
+            timer: None,
+            expires,
+            backlog: None,
+            ending: None,
         }
+    }
+
+    /// The peer's address (asked of the socket: not worth storing in every connection).
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn ending_mut(&mut self) -> &mut Ending {
+        self.ending.get_or_insert_with(Box::default)
     }
 
     /// Records why the connection ends (the first reason only: later ones are consequences).
     pub(crate) fn end(&mut self, reason: DisconnectReason) {
-        self.reason.get_or_insert(reason);
+        self.ending_mut().reason.get_or_insert(reason);
     }
 
     /// The socket is unusable for `reason`: nothing more is written.
@@ -84,14 +100,41 @@ impl Conn {
         self.broken = true;
     }
 
+    /// Takes the recorded reason.
+    pub(crate) fn take_reason(&mut self) -> Option<DisconnectReason> {
+        self.ending.as_mut().and_then(|e| e.reason.take())
+    }
+
+    pub(crate) fn linger_until(&self) -> Option<Instant> {
+        self.ending.as_ref().and_then(|e| e.linger_until)
+    }
+
+    pub(crate) fn set_linger(&mut self, until: Instant) {
+        self.ending_mut().linger_until.get_or_insert(until);
+    }
+
+    pub(crate) fn close_when_flushed(&mut self, code: vitals_proto::CloseCode) {
+        self.ending_mut().close_when_flushed = Some(code);
+    }
+
+    pub(crate) fn take_close_when_flushed(&mut self) -> Option<vitals_proto::CloseCode> {
+        self.ending
+            .as_mut()
+            .and_then(|e| e.close_when_flushed.take())
+    }
+
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.backlog.is_some()
+    }
+
     /// The earliest instant this connection needs attention: protocol timer, max age, write stall,
     /// linger end.
     pub(crate) fn next_deadline(&self, stall_limit: std::time::Duration) -> Option<Instant> {
         [
             self.proto.poll_timeout(),
             self.expires,
-            self.stalled_since.map(|t| t + stall_limit),
-            self.linger_until,
+            self.backlog.as_ref().map(|b| b.since + stall_limit),
+            self.linger_until(),
         ]
         .into_iter()
         .flatten()
@@ -140,4 +183,20 @@ pub(crate) fn write_some(stream: &mut TcpStream, buf: &[u8]) -> io::Result<usize
         }
     }
     Ok(off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inline_connection_state_stays_small() {
+        // stream (fd), generation, flags, protocol core handle, session id, wheel key, max-age deadline,
+        // and two optional boxes. Everything else lives in the protocol core.
+        assert!(
+            std::mem::size_of::<Conn>() <= 104,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
 }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use vitals_proto::{CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys};
 use vitals_timer::{Jitter, Wheel};
 
-use super::conn::{Conn, read_into, write_some};
+use super::conn::{Backlog, Conn, read_into, write_some};
 use super::shared::{Command, Shared};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
@@ -205,7 +205,7 @@ impl Loop {
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        entry.insert(Conn::new(stream, proto, peer, generation, expires));
+        entry.insert(Conn::new(stream, proto, generation, expires));
         metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
         metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
         if cfg.codec == Codec::Json {
@@ -243,7 +243,7 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
-        if conn.linger_until.is_some() {
+        if conn.linger_until().is_some() {
             // Closing: discard input, only flush.
             let (_, ended) = read_into(&mut conn.stream, &mut self.scratch, read_closed, |_| true);
             if let Some(reason) = ended {
@@ -273,10 +273,11 @@ impl Loop {
                 continue;
             }
             conn.timer = None;
-            let lingered_out = conn.linger_until.is_some_and(|t| now >= t);
+            let lingered_out = conn.linger_until().is_some_and(|t| now >= t);
             let write_stalled = conn
-                .stalled_since
-                .is_some_and(|t| now >= t + self.stall_limit);
+                .backlog
+                .as_ref()
+                .is_some_and(|b| now >= b.since + self.stall_limit);
             if lingered_out || write_stalled {
                 conn.break_with(DisconnectReason::WriteStall);
             } else if conn.expires.is_some_and(|t| now >= t) {
@@ -321,9 +322,9 @@ impl Loop {
         self.dispatch_events(idx, now);
         self.flush(idx, now);
         if let Some(conn) = self.conns.get_mut(idx)
-            && conn.pending.is_empty()
+            && !conn.has_backlog()
             && !conn.broken
-            && let Some(code) = conn.close_when_flushed.take()
+            && let Some(code) = conn.take_close_when_flushed()
         {
             // Everything queued has left: now the CLOSE.
             conn.proto.close(code, "server shutting down");
@@ -334,13 +335,13 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
-        if conn.broken || (conn.proto.is_closed() && conn.pending.is_empty()) {
+        if conn.broken || (conn.proto.is_closed() && !conn.has_backlog()) {
             self.teardown(idx, now);
             return;
         }
         if conn.proto.is_closed() {
             // Its CLOSE (and what was queued before it) is still being written: linger briefly.
-            conn.linger_until.get_or_insert(linger_end);
+            conn.set_linger(linger_end);
         }
         self.arm(idx);
     }
@@ -370,7 +371,7 @@ impl Loop {
                     }
                     Some(ServerEvent::Connected {
                         conn: id,
-                        peer: conn.peer,
+                        peer: conn.peer(),
                         session: Some(session),
                         resumed,
                     })
@@ -396,11 +397,11 @@ impl Loop {
                 }
                 Event::PingStrike { strikes } => {
                     metrics::counter!(m::PING_STRIKES).increment(1);
-                    tracing::debug!(peer = %conn.peer, strikes, "ping strike");
+                    tracing::debug!(peer = %conn.peer(), strikes, "ping strike");
                     None
                 }
                 Event::Dead { silent_for } => {
-                    tracing::info!(peer = %conn.peer, session = ?conn.session, ?silent_for, "peer convicted: silent too long");
+                    tracing::info!(peer = %conn.peer(), session = ?conn.session, ?silent_for, "peer convicted: silent too long");
                     conn.end(DisconnectReason::SilenceTimeout);
                     None
                 }
@@ -487,15 +488,14 @@ impl Loop {
         }
         let mut written = 0usize;
         let result = (|| -> io::Result<()> {
-            if !conn.pending.is_empty() {
-                let n = write_some(&mut conn.stream, &conn.pending)?;
+            if let Some(backlog) = conn.backlog.as_mut() {
+                let n = write_some(&mut conn.stream, &backlog.bytes)?;
                 written += n;
-                conn.pending.drain(..n);
-                if !conn.pending.is_empty() {
+                backlog.bytes.drain(..n);
+                if !backlog.bytes.is_empty() {
                     return Ok(());
                 }
-                conn.pending = Vec::new();
-                conn.stalled_since = None;
+                conn.backlog = None;
             }
             loop {
                 self.out.clear();
@@ -506,8 +506,10 @@ impl Loop {
                 let n = write_some(&mut conn.stream, &self.out)?;
                 written += n;
                 if n < self.out.len() {
-                    conn.pending.extend_from_slice(&self.out[n..]);
-                    conn.stalled_since.get_or_insert(now);
+                    conn.backlog = Some(Box::new(Backlog {
+                        bytes: self.out[n..].to_vec(),
+                        since: now,
+                    }));
                     return Ok(());
                 }
             }
@@ -517,11 +519,15 @@ impl Loop {
             conn.break_with(DisconnectReason::from_io(&e));
             return;
         }
-        if conn.pending.len() > max_buffer {
+        if conn
+            .backlog
+            .as_ref()
+            .is_some_and(|b| b.bytes.len() > max_buffer)
+        {
             conn.break_with(DisconnectReason::WriteStall);
             return;
         }
-        let want_writable = !conn.pending.is_empty();
+        let want_writable = conn.has_backlog();
         if want_writable != conn.writable {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
@@ -548,12 +554,11 @@ impl Loop {
         match (conn.timer, want) {
             (Some(key), Some(at)) => {
                 let tick = self.wheel.tick_ceil(at);
-                if tick != conn.timer_tick {
-                    if self.wheel.reset_to_tick(key, tick).is_ok() {
-                        conn.timer_tick = tick;
-                    } else {
-                        conn.timer = None;
-                    }
+                // Same deadline: nothing to do. Later: the wheel only stores it (lazy re-filing).
+                if self.wheel.deadline_tick(key) != Ok(tick)
+                    && self.wheel.reset_to_tick(key, tick).is_err()
+                {
+                    conn.timer = None;
                 }
             }
             (Some(key), None) => {
@@ -562,10 +567,7 @@ impl Loop {
             }
             (None, Some(at)) => {
                 let tick = self.wheel.tick_ceil(at);
-                if let Ok(key) = self.wheel.insert_at_tick(tick, idx) {
-                    conn.timer = Some(key);
-                    conn.timer_tick = tick;
-                }
+                conn.timer = self.wheel.insert_at_tick(tick, idx).ok();
             }
             (None, None) => {}
         }
@@ -583,7 +585,7 @@ impl Loop {
         if let Some(key) = conn.timer.take() {
             let _ = self.wheel.cancel(key);
         }
-        let reason = conn.reason.take().unwrap_or(DisconnectReason::Io(
+        let reason = conn.take_reason().unwrap_or(DisconnectReason::Io(
             "connection closed without a recorded reason".into(),
         ));
         // Park the session for a resume unless the client ended it for good. This includes a new session
@@ -609,7 +611,7 @@ impl Loop {
         self.shared.open.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
         m::disconnect(&reason);
-        tracing::debug!(peer = %conn.peer, session = ?conn.session, reason = reason.label(), "connection closed");
+        tracing::debug!(peer = %conn.peer(), session = ?conn.session, reason = reason.label(), "connection closed");
         let _ = self.events.send(ServerEvent::Closed {
             conn: id,
             session: conn.session,
@@ -636,7 +638,7 @@ impl Loop {
                     match c.proto.room_for(payload.len()) {
                         vitals_proto::Room::Now => {
                             if let Err(e) = c.proto.send(now, payload) {
-                                tracing::debug!(peer = %c.peer, error = %e, "send refused");
+                                tracing::debug!(peer = %c.peer(), error = %e, "send refused");
                             }
                         }
                         room => {
@@ -694,7 +696,7 @@ impl Loop {
                 self.draining = Some(deadline);
                 let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
                 for idx in idxs {
-                    self.conns[idx].close_when_flushed = Some(CloseCode::Shutdown);
+                    self.conns[idx].close_when_flushed(CloseCode::Shutdown);
                     self.touched.push(idx);
                 }
             }
