@@ -22,6 +22,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use vitals_proto::{
     CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError, Session,
 };
@@ -210,7 +211,14 @@ impl Task {
                 }
             };
             let ended = match stream {
-                Some(stream) => self.run_connection(stream).await,
+                Some(stream) => {
+                    let span = tracing::debug_span!(
+                        "vitals_client",
+                        server = %self.cfg.server,
+                        session = ?self.session.as_ref().map(|s| s.id())
+                    );
+                    self.run_connection(stream).instrument(span).await
+                }
                 None => Ended {
                     reason: DisconnectReason::Io("connect failed".into()),
                     session: None,

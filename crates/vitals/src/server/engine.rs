@@ -316,9 +316,17 @@ impl Loop {
     }
 
     fn service(&mut self, idx: usize, now: Instant) {
-        if !self.conns.contains(idx) {
+        let Some(conn) = self.conns.get(idx) else {
             return;
-        }
+        };
+        // Per-connection span: free when DEBUG is off (the callsite is disabled); the peer address is
+        // logged by the events that matter (connect, conviction, close).
+        let _span = tracing::debug_span!(
+            "conn",
+            id = %self.id(idx, conn.generation),
+            session = ?conn.session
+        )
+        .entered();
         self.dispatch_events(idx, now);
         self.flush(idx, now);
         if let Some(conn) = self.conns.get_mut(idx)
