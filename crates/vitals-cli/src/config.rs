@@ -54,3 +54,337 @@ pub(crate) fn parse_codec(s: &str) -> Result<Codec, String> {
         other => Err(format!("unknown codec `{other}`: use `binary` or `json`")),
     }
 }
+
+/// Where a setting's value came from, so that an error can say what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A command-line flag, e.g. `--interval`.
+    Flag(&'static str),
+    /// An environment variable, e.g. `VITALS_INTERVAL`.
+    Env(&'static str),
+    /// A key of the TOML file at this path.
+    File(String),
+    /// The built-in default.
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag(flag) => write!(f, "from {flag}"),
+            Source::Env(var) => write!(f, "from ${var}"),
+            Source::File(path) => write!(f, "from {path}"),
+            Source::Default => f.write_str("the default"),
+        }
+    }
+}
+
+/// A resolved value and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sourced<T> {
+    /// The value in force.
+    pub(crate) value: T,
+    /// Its origin.
+    pub(crate) source: Source,
+}
+
+/// One setting's names in the three layers: `--flag`, `$VITALS_ENV`, `key` in the file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Names {
+    /// The flag, with its dashes (`--max-connections`).
+    pub(crate) flag: &'static str,
+    /// The environment variable (`VITALS_MAX_CONNECTIONS`).
+    pub(crate) env: &'static str,
+    /// The TOML key (`max_connections`).
+    pub(crate) key: &'static str,
+}
+
+/// Resolves settings with the precedence flags > environment > file > defaults.
+///
+/// The environment is read through `env` (the process environment in the binary, a map in tests).
+pub(crate) struct Layers<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file_path: Option<String>,
+}
+
+impl<'a> Layers<'a> {
+    /// Layers over `env` and, if given, the file at `file_path` (whose values the caller passes in).
+    pub(crate) fn new(env: &'a dyn Fn(&str) -> Option<String>, file_path: Option<String>) -> Self {
+        Layers { env, file_path }
+    }
+
+    /// Picks the first value present among `flag`, the environment variable, `file`, `default`.
+    /// Strings from the environment and the file go through `parse`; its error is prefixed with
+    /// where the bad value came from.
+    pub(crate) fn pick<T>(
+        &self,
+        names: Names,
+        flag: Option<T>,
+        file: Option<FileValue<T>>,
+        parse: impl Fn(&str) -> Result<T, String>,
+        default: T,
+    ) -> anyhow::Result<Sourced<T>> {
+        if let Some(value) = flag {
+            return Ok(Sourced {
+                value,
+                source: Source::Flag(names.flag),
+            });
+        }
+        if let Some(raw) = (self.env)(names.env) {
+            let value = parse(raw.trim())
+                .map_err(|e| anyhow::anyhow!("${}: {e} (unset it or fix its value)", names.env))?;
+            return Ok(Sourced {
+                value,
+                source: Source::Env(names.env),
+            });
+        }
+        if let Some(file) = file {
+            let path = self
+                .file_path
+                .clone()
+                .unwrap_or_else(|| "config file".into());
+            let value = match file {
+                FileValue::Typed(v) => v,
+                FileValue::Text(raw) => {
+                    parse(&raw).map_err(|e| anyhow::anyhow!("{path}: key `{}`: {e}", names.key))?
+                }
+            };
+            return Ok(Sourced {
+                value,
+                source: Source::File(path),
+            });
+        }
+        Ok(Sourced {
+            value: default,
+            source: Source::Default,
+        })
+    }
+}
+
+/// A value as the TOML file gave it: already typed (numbers, booleans) or text to parse.
+#[derive(Debug, Clone)]
+pub(crate) enum FileValue<T> {
+    /// A value TOML typed for us.
+    Typed(T),
+    /// A string (duration, address, codec) to parse like a flag.
+    Text(String),
+}
+
+/// The keys `vitals serve` takes from its TOML file (`--config vitals.toml`). Every key is optional;
+/// an unknown key is an error, so that a typo is not silently ignored.
+///
+/// ```toml
+/// listen = "127.0.0.1:7878"
+/// interval = "1s"
+/// timeout = "3s"
+/// codec = "binary"            # or "json"
+/// max_connections = 100000
+/// loops = 2
+/// max_connection_age = "10m"  # or "off"
+/// http = "127.0.0.1:9100"     # or "off"
+/// echo = false
+/// drain = "5s"
+/// ```
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServeFile {
+    /// Address to listen on.
+    pub(crate) listen: Option<String>,
+    /// Heartbeat interval (humantime).
+    pub(crate) interval: Option<String>,
+    /// Dead timeout (humantime).
+    pub(crate) timeout: Option<String>,
+    /// `binary` or `json`.
+    pub(crate) codec: Option<String>,
+    /// Most open connections.
+    pub(crate) max_connections: Option<u64>,
+    /// Event-loop threads.
+    pub(crate) loops: Option<u64>,
+    /// Close connections after this age (humantime, or `off`).
+    pub(crate) max_connection_age: Option<String>,
+    /// Status page address (or `off`).
+    pub(crate) http: Option<String>,
+    /// Echo every message back to its sender.
+    pub(crate) echo: Option<bool>,
+    /// How long a graceful shutdown waits for queued bytes to leave.
+    pub(crate) drain: Option<String>,
+}
+
+impl ServeFile {
+    /// Reads and parses the file at `path`. Errors name the file, the line and what to change.
+    pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<ServeFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text. An unknown key is rejected with the list of known ones.
+    pub(crate) fn parse(text: &str) -> anyhow::Result<ServeFile> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let hint = if msg.contains("unknown field") {
+                " — remove or rename that key"
+            } else {
+                ""
+            };
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    anyhow::anyhow!("line {line}: {msg}{hint}")
+                }
+                None => anyhow::anyhow!("{msg}{hint}"),
+            }
+        })
+    }
+}
+
+/// Parses a socket address such as `127.0.0.1:7878` or `[::1]:7878`.
+pub(crate) fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not an IP address with a port; e.g. 127.0.0.1:7878"))
+}
+
+/// Parses an optional socket address: `off` / `none` (or empty) disables.
+pub(crate) fn parse_opt_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match s {
+        "" | "off" | "none" => Ok(None),
+        other => parse_addr(other).map(Some),
+    }
+}
+
+/// Parses an optional duration: `off` / `none` (or empty) disables.
+pub(crate) fn parse_opt_duration(s: &str) -> Result<Option<Duration>, String> {
+    match s {
+        "" | "off" | "none" => Ok(None),
+        other => parse_duration(other).map(Some),
+    }
+}
+
+/// Parses a count (a non-negative integer; zero is caught by validation with a better message).
+pub(crate) fn parse_count(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))
+}
+
+/// Parses a boolean: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
+pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{s}` is not a boolean; use true or false")),
+    }
+}
+
+/// The name of a codec as flags and files spell it.
+pub(crate) fn codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Binary => "binary",
+        Codec::Json => "json",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const INTERVAL: Names = Names {
+        flag: "--interval",
+        env: "VITALS_INTERVAL",
+        key: "interval",
+    };
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let env = env_of(&[("VITALS_INTERVAL", "2s")]);
+        let layers = Layers::new(&env, Some("v.toml".into()));
+        let file = || Some(FileValue::Text("3s".into()));
+        let d = Duration::from_secs;
+        let got = layers
+            .pick(INTERVAL, Some(d(1)), file(), parse_duration, d(9))
+            .unwrap();
+        assert_eq!((got.value, got.source), (d(1), Source::Flag("--interval")));
+        let got = layers
+            .pick(INTERVAL, None, file(), parse_duration, d(9))
+            .unwrap();
+        assert_eq!(
+            (got.value, got.source),
+            (d(2), Source::Env("VITALS_INTERVAL"))
+        );
+        let no_env = env_of(&[]);
+        let layers = Layers::new(&no_env, Some("v.toml".into()));
+        let got = layers
+            .pick(INTERVAL, None, file(), parse_duration, d(9))
+            .unwrap();
+        assert_eq!(
+            (got.value, got.source),
+            (d(3), Source::File("v.toml".into()))
+        );
+        let got = layers
+            .pick(INTERVAL, None, None, parse_duration, d(9))
+            .unwrap();
+        assert_eq!((got.value, got.source), (d(9), Source::Default));
+    }
+
+    #[test]
+    fn bad_values_name_their_origin() {
+        let env = env_of(&[("VITALS_INTERVAL", "soon")]);
+        let layers = Layers::new(&env, None);
+        let err = layers
+            .pick(INTERVAL, None, None, parse_duration, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("$VITALS_INTERVAL") && err.contains("not a duration"),
+            "{err}"
+        );
+        let no_env = env_of(&[]);
+        let layers = Layers::new(&no_env, Some("v.toml".into()));
+        let err = layers
+            .pick(
+                INTERVAL,
+                None,
+                Some(FileValue::Text("soon".into())),
+                parse_duration,
+                Duration::ZERO,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("v.toml: key `interval`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let err = ServeFile::parse("interval = \"1s\"\nintervall = \"2s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("intervall"), "{err}");
+        assert!(err.contains("remove or rename"), "{err}");
+        let ok = ServeFile::parse("listen = \"127.0.0.1:1\"\nmax_connections = 5\necho = true\n")
+            .unwrap();
+        assert_eq!(ok.max_connections, Some(5));
+        assert_eq!(ok.echo, Some(true));
+    }
+
+    #[test]
+    fn optional_values_can_be_switched_off() {
+        assert_eq!(parse_opt_duration("off"), Ok(None));
+        assert_eq!(
+            parse_opt_duration("10m"),
+            Ok(Some(Duration::from_secs(600)))
+        );
+        assert_eq!(parse_opt_addr("none"), Ok(None));
+        assert!(parse_opt_addr("localhost").is_err());
+        assert_eq!(parse_bool("Yes"), Ok(true));
+        assert!(parse_count("-1").is_err());
+    }
+}

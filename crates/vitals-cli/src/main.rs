@@ -12,6 +12,7 @@ mod bench;
 mod config;
 mod connect;
 mod demo;
+mod http;
 mod logging;
 mod probe;
 mod serve;

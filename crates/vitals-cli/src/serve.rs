@@ -1,12 +1,525 @@
-//! `vitals serve` (being written).
+//! `vitals serve`: the daemon. Settings come from flags > `VITALS_*` environment > TOML file
+//! (`--config`) > defaults; SIGINT/SIGTERM drain gracefully and exit 0.
+//!
+//! The application side counts what happens (messages, sessions, RTTs, disconnects by reason,
+//! resumes) for the status page (`--http ADDR`) and echoes messages back with `--echo`.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Arguments of `vitals serve`.
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use vitals::{Codec, Server, ServerConfig, ServerEvent};
+
+use crate::config::{
+    FileValue, Layers, Names, ServeFile, Sourced, codec_name, parse_addr, parse_bool,
+    parse_codec, parse_count, parse_duration, parse_opt_addr, parse_opt_duration,
+};
+use crate::http::{self, status::Info, status::Status};
+
+/// Arguments of `vitals serve`. Every setting can also come from a `VITALS_*` environment variable
+/// or the TOML file given with `--config`; flags win over the environment, which wins over the file.
 #[derive(Debug, clap::Args)]
-pub(crate) struct ServeArgs {}
+pub(crate) struct ServeArgs {
+    /// Address to listen on [env: VITALS_LISTEN] [default: 127.0.0.1:7878].
+    #[arg(long, value_parser = parse_addr)]
+    listen: Option<SocketAddr>,
+    /// Ping after this much silence from a peer; also the shortest interval granted to clients
+    /// [env: VITALS_INTERVAL] [default: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// Declare a peer dead after this much silence (must exceed the interval)
+    /// [env: VITALS_TIMEOUT] [default: 3s].
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Wire protocol: `binary` (sessions, resume) or `json` (classic `{"ping":N}` peers)
+    /// [env: VITALS_CODEC] [default: binary].
+    #[arg(long, value_parser = parse_codec)]
+    codec: Option<Codec>,
+    /// Most open connections [env: VITALS_MAX_CONNECTIONS] [default: 100000].
+    #[arg(long, value_parser = parse_count)]
+    max_connections: Option<u64>,
+    /// Event-loop threads [env: VITALS_LOOPS] [default: available cores].
+    #[arg(long, value_parser = parse_count)]
+    loops: Option<u64>,
+    /// Close connections after this age (±10 %) so load rebalances; clients resume. `off` disables
+    /// [env: VITALS_MAX_CONNECTION_AGE] [default: off].
+    #[arg(long, value_parser = |s: &str| parse_opt_duration(s).map(Switch))]
+    max_connection_age: Option<Switch<Duration>>,
+    /// Serve the status page, /status.json and /metrics on this address (`off` disables)
+    /// [env: VITALS_HTTP] [default: off].
+    #[arg(long, value_parser = |s: &str| parse_opt_addr(s).map(Switch))]
+    http: Option<Switch<SocketAddr>>,
+    /// Echo every message back to its sender [env: VITALS_ECHO].
+    #[arg(long)]
+    echo: bool,
+    /// On SIGINT/SIGTERM, give queued bytes this long to leave [env: VITALS_DRAIN] [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    drain: Option<Duration>,
+    /// TOML file with any of the settings above (keys spelled like the flags, with `_`)
+    /// [env: VITALS_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// A flag value that can also be `off` (clap treats `Option<Option<T>>` as an optional value, so the
+/// inner option is wrapped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Switch<T>(pub(crate) Option<T>);
+
+/// The settings in force after layering, each with where it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Listen address.
+    pub(crate) listen: Sourced<SocketAddr>,
+    /// Heartbeat interval.
+    pub(crate) interval: Sourced<Duration>,
+    /// Dead timeout.
+    pub(crate) timeout: Sourced<Duration>,
+    /// Wire protocol.
+    pub(crate) codec: Sourced<Codec>,
+    /// Connection limit.
+    pub(crate) max_connections: Sourced<u64>,
+    /// Event loops.
+    pub(crate) loops: Sourced<u64>,
+    /// Maximum connection age.
+    pub(crate) max_connection_age: Sourced<Option<Duration>>,
+    /// Status page address.
+    pub(crate) http: Sourced<Option<SocketAddr>>,
+    /// Echo messages.
+    pub(crate) echo: Sourced<bool>,
+    /// Drain time at shutdown.
+    pub(crate) drain: Sourced<Duration>,
+}
+
+/// `--name`, `VITALS_NAME`, `name`.
+macro_rules! names {
+    ($flag:literal, $env:literal, $key:literal) => {
+        Names {
+            flag: $flag,
+            env: $env,
+            key: $key,
+        }
+    };
+}
+
+/// A file's string value, to be parsed like the flag.
+fn file_text<T>(v: &Option<String>) -> Option<FileValue<T>> {
+    v.clone().map(FileValue::Text)
+}
+
+impl Settings {
+    /// Layers `args` over the environment (`env`) and the config file, then validates.
+    pub(crate) fn resolve(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Settings> {
+        let config_path = args
+            .config
+            .clone()
+            .or_else(|| env("VITALS_CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from));
+        let (file, path) = match &config_path {
+            Some(p) => (ServeFile::load(p)?, Some(p.display().to_string())),
+            None => (ServeFile::default(), None),
+        };
+        let l = Layers::new(env, path);
+        let default_loops = std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1);
+        let s = Settings {
+            listen: l.pick(
+                names!("--listen", "VITALS_LISTEN", "listen"),
+                args.listen,
+                file_text(&file.listen),
+                parse_addr,
+                SocketAddr::from(([127, 0, 0, 1], 7878)),
+            )?,
+            interval: l.pick(
+                names!("--interval", "VITALS_INTERVAL", "interval"),
+                args.interval,
+                file_text(&file.interval),
+                parse_duration,
+                Duration::from_secs(1),
+            )?,
+            timeout: l.pick(
+                names!("--timeout", "VITALS_TIMEOUT", "timeout"),
+                args.timeout,
+                file_text(&file.timeout),
+                parse_duration,
+                Duration::from_secs(3),
+            )?,
+            codec: l.pick(
+                names!("--codec", "VITALS_CODEC", "codec"),
+                args.codec,
+                file_text(&file.codec),
+                parse_codec,
+                Codec::Binary,
+            )?,
+            max_connections: l.pick(
+                names!("--max-connections", "VITALS_MAX_CONNECTIONS", "max_connections"),
+                args.max_connections,
+                file.max_connections.map(FileValue::Typed),
+                parse_count,
+                100_000,
+            )?,
+            loops: l.pick(
+                names!("--loops", "VITALS_LOOPS", "loops"),
+                args.loops,
+                file.loops.map(FileValue::Typed),
+                parse_count,
+                default_loops,
+            )?,
+            max_connection_age: l.pick(
+                names!(
+                    "--max-connection-age",
+                    "VITALS_MAX_CONNECTION_AGE",
+                    "max_connection_age"
+                ),
+                args.max_connection_age.map(|s| s.0),
+                file_text(&file.max_connection_age),
+                parse_opt_duration,
+                None,
+            )?,
+            http: l.pick(
+                names!("--http", "VITALS_HTTP", "http"),
+                args.http.map(|s| s.0),
+                file_text(&file.http),
+                parse_opt_addr,
+                None,
+            )?,
+            echo: l.pick(
+                names!("--echo", "VITALS_ECHO", "echo"),
+                args.echo.then_some(true),
+                file.echo.map(FileValue::Typed),
+                parse_bool,
+                false,
+            )?,
+            drain: l.pick(
+                names!("--drain", "VITALS_DRAIN", "drain"),
+                args.drain,
+                file_text(&file.drain),
+                parse_duration,
+                Duration::from_secs(5),
+            )?,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Rejects combinations that cannot work, saying which setting to change and how.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        let show = humantime::format_duration;
+        if self.interval.value.is_zero() {
+            anyhow::bail!(
+                "interval (0s, {}) must be greater than zero; e.g. --interval 1s",
+                self.interval.source
+            );
+        }
+        if self.timeout.value <= self.interval.value {
+            anyhow::bail!(
+                "timeout ({}, {}) must be greater than interval ({}, {}); e.g. --timeout {} (three intervals)",
+                show(self.timeout.value),
+                self.timeout.source,
+                show(self.interval.value),
+                self.interval.source,
+                show(self.interval.value * 3)
+            );
+        }
+        for (what, flag, v) in [
+            ("max_connections", "--max-connections", &self.max_connections),
+            ("loops", "--loops", &self.loops),
+        ] {
+            if v.value == 0 {
+                anyhow::bail!(
+                    "{what} (0, {}) must be at least 1; e.g. {flag} 1 (or leave it out for the default)",
+                    v.source
+                );
+            }
+        }
+        if self.loops.value > u64::from(u16::MAX) {
+            anyhow::bail!(
+                "loops ({}, {}) is too large; use at most the number of cores",
+                self.loops.value,
+                self.loops.source
+            );
+        }
+        if self.max_connection_age.value == Some(Duration::ZERO) {
+            anyhow::bail!(
+                "max_connection_age (0s, {}) must be greater than zero; give e.g. 10m, or `off` to never age connections",
+                self.max_connection_age.source
+            );
+        }
+        if self.http.value == Some(self.listen.value) && self.listen.value.port() != 0 {
+            anyhow::bail!(
+                "the status page ({}) and the server ({}) cannot share {}; pick another --http port",
+                self.http.source,
+                self.listen.source,
+                self.listen.value
+            );
+        }
+        Ok(())
+    }
+
+    /// The library configuration.
+    pub(crate) fn server_config(&self) -> ServerConfig {
+        let (interval, timeout) = (self.interval.value, self.timeout.value);
+        let mut cfg = ServerConfig {
+            listen: self.listen.value,
+            codec: self.codec.value,
+            max_connections: usize::try_from(self.max_connections.value).unwrap_or(usize::MAX),
+            loops: usize::try_from(self.loops.value).unwrap_or(1),
+            max_connection_age: self.max_connection_age.value,
+            ..ServerConfig::default()
+        }
+        .with_timing(interval, timeout);
+        // The server's interval is the fastest it grants (and enforces: pings closer than half of
+        // it collect strikes); slower proposals are granted up to the library's caps.
+        let policy = &mut cfg.proto.policy;
+        policy.min_interval = interval;
+        policy.min_timeout = timeout;
+        policy.max_interval = policy.max_interval.max(interval);
+        policy.max_timeout = policy.max_timeout.max(timeout);
+        cfg
+    }
+}
+
+/// Installs the Prometheus recorder as the global `metrics` recorder (RTT as a histogram with
+/// buckets from 100 µs to 10 s).
+fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(vitals::metrics::RTT_SECONDS.to_string()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .context("prometheus buckets")?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    Ok(handle)
+}
+
+/// Waits for SIGINT or SIGTERM; returns the signal's name.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
 
 /// Runs `vitals serve`.
-pub(crate) async fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`vitals serve` is not built yet")
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    let settings = Settings::resolve(&args, &env)?;
+    let prometheus = match settings.http.value {
+        Some(_) => Some(install_prometheus()?),
+        None => None,
+    };
+    // Watch signals before anything is announced, so a script that signals right after the
+    // "listening" line is not killed by the default handler.
+    let signal = tokio::spawn(shutdown_signal());
+    let mut server = Server::bind(settings.server_config())
+        .with_context(|| format!("cannot listen on {}", settings.listen.value))?;
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let status = Arc::new(Status::new(Info {
+        listen: addr,
+        codec: codec_name(settings.codec.value),
+        interval_ms: u64::try_from(settings.interval.value.as_millis()).unwrap_or(u64::MAX),
+        timeout_ms: u64::try_from(settings.timeout.value.as_millis()).unwrap_or(u64::MAX),
+        loops: usize::try_from(settings.loops.value).unwrap_or(1),
+        max_connections: usize::try_from(settings.max_connections.value).unwrap_or(usize::MAX),
+        echo: settings.echo.value,
+    })?);
+    let mut http_task = None;
+    let mut http_note = String::new();
+    if let (Some(http_addr), Some(prometheus)) = (settings.http.value, prometheus) {
+        let listener = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("cannot serve the status page on {http_addr}"))?;
+        let bound = listener.local_addr()?;
+        let counted = handle.clone();
+        let app = Arc::new(http::App {
+            status: Arc::clone(&status),
+            open: Box::new(move || counted.connections()),
+            prometheus,
+        });
+        http_task = Some(tokio::spawn(http::serve(listener, app)));
+        http_note = format!(", status page http://{bound}/");
+    }
+    println!(
+        "vitals serve: listening on {addr} (codec {}, interval {}, timeout {}, loops {}{}){http_note}",
+        codec_name(settings.codec.value),
+        humantime::format_duration(settings.interval.value),
+        humantime::format_duration(settings.timeout.value),
+        settings.loops.value,
+        if settings.echo.value { ", echo" } else { "" },
+    );
+    let _ = std::io::stdout().flush();
+    tracing::debug!(?settings, "settings in force");
+
+    let echo = settings.echo.value;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker.tick().await;
+    tokio::pin!(signal);
+    let which = loop {
+        tokio::select! {
+            event = server.next_event() => match event {
+                Some(event) => on_event(&event, &status, &handle, echo),
+                None => break "server stopped",
+            },
+            _ = ticker.tick() => status.tick(handle.connections()),
+            sig = &mut signal => break match sig {
+                Ok(Ok(name)) => name,
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(anyhow::anyhow!("signal watcher failed: {e}")),
+            },
+        }
+    };
+    eprintln!(
+        "vitals serve: {which}: draining {} connection(s) (up to {})",
+        handle.connections(),
+        humantime::format_duration(settings.drain.value)
+    );
+    let mut rest = server.shutdown(settings.drain.value).await;
+    while let Some(event) = rest.recv().await {
+        status.record(&event);
+    }
+    if let Some(task) = http_task {
+        task.abort();
+    }
+    let snap = status.snapshot(0);
+    eprintln!(
+        "vitals serve: stopped; {} session(s) ({} resumed), {} message(s) received, {} conviction(s)",
+        snap.connections.total, snap.connections.resumed, snap.messages.received, snap.convictions
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Counts `event`, logs what an operator wants to see, and echoes messages when asked.
+fn on_event(event: &ServerEvent, status: &Status, handle: &vitals::ServerHandle, echo: bool) {
+    status.record(event);
+    match event {
+        ServerEvent::Connected {
+            conn,
+            peer,
+            resumed,
+            ..
+        } => tracing::debug!(%conn, %peer, resumed, "connected"),
+        ServerEvent::Message { conn, payload, .. } if echo => {
+            match handle.send(*conn, payload.clone()) {
+                Ok(()) => status.echoed(),
+                Err(e) => tracing::debug!(%conn, error = %e, "echo not queued"),
+            }
+        }
+        ServerEvent::Closed { conn, reason, .. } => {
+            if http::status::is_conviction(reason) {
+                tracing::info!(%conn, reason = reason.label(), "peer convicted");
+            } else {
+                tracing::debug!(%conn, ?reason, "closed");
+            }
+        }
+        ServerEvent::SendRefused { conn, reason, .. } => {
+            tracing::debug!(%conn, reason, "send refused")
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+    use std::collections::HashMap;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            listen: None,
+            interval: None,
+            timeout: None,
+            codec: None,
+            max_connections: None,
+            loops: None,
+            max_connection_age: None,
+            http: None,
+            echo: false,
+            drain: None,
+            config: None,
+        }
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = Settings::resolve(&args(), &env_of(&[])).unwrap();
+        assert_eq!(s.listen.value, SocketAddr::from(([127, 0, 0, 1], 7878)));
+        assert_eq!(s.interval.value, Duration::from_secs(1));
+        assert_eq!(s.timeout.value, Duration::from_secs(3));
+        assert_eq!(s.codec.value, Codec::Binary);
+        assert_eq!(s.http.value, None);
+        assert!(!s.echo.value);
+        let cfg = s.server_config();
+        assert_eq!(cfg.proto.policy.min_interval, Duration::from_secs(1));
+        assert_eq!(cfg.max_connections, 100_000);
+    }
+
+    #[test]
+    fn env_layers_under_flags() {
+        let env = env_of(&[("VITALS_TIMEOUT", "10s"), ("VITALS_INTERVAL", "2s")]);
+        let mut a = args();
+        a.interval = Some(Duration::from_millis(500));
+        let s = Settings::resolve(&a, &env).unwrap();
+        assert_eq!(s.interval.value, Duration::from_millis(500));
+        assert_eq!(s.interval.source, Source::Flag("--interval"));
+        assert_eq!(s.timeout.value, Duration::from_secs(10));
+        assert_eq!(s.timeout.source, Source::Env("VITALS_TIMEOUT"));
+        let cfg = s.server_config();
+        assert_eq!(cfg.proto.policy.min_interval, Duration::from_millis(500));
+        assert_eq!(cfg.proto.liveness.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_timing_names_both_sources_and_a_fix() {
+        let env = env_of(&[("VITALS_TIMEOUT", "1s")]);
+        let mut a = args();
+        a.interval = Some(Duration::from_secs(2));
+        let err = Settings::resolve(&a, &env).unwrap_err().to_string();
+        assert!(err.contains("from $VITALS_TIMEOUT"), "{err}");
+        assert!(err.contains("from --interval"), "{err}");
+        assert!(err.contains("--timeout 6s"), "{err}");
+    }
+
+    #[test]
+    fn zero_sizes_are_rejected() {
+        let mut a = args();
+        a.max_connections = Some(0);
+        let err = Settings::resolve(&a, &env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("max_connections") && err.contains("at least 1"), "{err}");
+        let err = Settings::resolve(&args(), &env_of(&[("VITALS_LOOPS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loops (0, from $VITALS_LOOPS)"), "{err}");
+        let err = Settings::resolve(&args(), &env_of(&[("VITALS_MAX_CONNECTION_AGE", "0s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`off`"), "{err}");
+    }
 }
