@@ -1,12 +1,238 @@
-//! `vitals connect` (being written).
+//! `vitals connect ADDR`: stdin lines become messages, received messages go to stdout (one per line),
+//! events (connected, resumed, dead, reconnecting, session lost) go to stderr.
+//!
+//! The client reconnects with jittered backoff and resumes its session, so lines typed while the
+//! server is away are delivered when it comes back.
+//!
+//! At stdin EOF: the client first waits (up to `--eof-timeout`) to be connected, so that lines
+//! queued while disconnected get replayed; then it stays `--linger` longer, so the last lines leave
+//! and answers to them (e.g. from `serve --echo`) are printed; then it closes the session in order
+//! and exits 0. This is a grace period, not a proof of delivery: `vitals::Client` does not expose
+//! which messages the server has acknowledged. If it cannot reconnect in time it exits 1.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+use vitals::{Client, ClientConfig, ClientEvent, Codec};
+
+use crate::config::{TimingArgs, parse_duration};
 
 /// Arguments of `vitals connect`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct ConnectArgs {}
+pub(crate) struct ConnectArgs {
+    /// Server address, `host:port`.
+    addr: String,
+    #[command(flatten)]
+    timing: TimingArgs,
+    /// After stdin ends (and the client is connected), keep running this long so the last messages
+    /// leave and their answers are printed.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    linger: Duration,
+    /// After stdin ends, wait at most this long for a connection before giving up (exit 1).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    eof_timeout: Duration,
+    /// Print RTT samples to stderr too.
+    #[arg(long)]
+    rtt: bool,
+}
+
+/// One stderr line for a client event (`None` for events not shown).
+fn describe(event: &ClientEvent, show_rtt: bool) -> Option<String> {
+    let d = humantime::format_duration;
+    Some(match event {
+        ClientEvent::Connected {
+            session,
+            interval,
+            timeout,
+        } => match session {
+            Some(s) => format!(
+                "connected: session {:016x}, interval {}, timeout {}",
+                s.0,
+                d(*interval),
+                d(*timeout)
+            ),
+            None => format!(
+                "connected: interval {}, timeout {}",
+                d(*interval),
+                d(*timeout)
+            ),
+        },
+        ClientEvent::Resumed { session, replayed } => {
+            format!(
+                "resumed session {:016x}: {replayed} message(s) replayed",
+                session.0
+            )
+        }
+        ClientEvent::Rtt(r) if show_rtt => format!(
+            "rtt {:.3} ms (smoothed {:.3} ms)",
+            r.latest.as_secs_f64() * 1e3,
+            r.smoothed.as_secs_f64() * 1e3
+        ),
+        ClientEvent::Suspect { phi } => format!("suspect: phi {phi:.1}"),
+        ClientEvent::Dead { reason } => format!("connection lost: {}", reason.label()),
+        ClientEvent::Reconnecting { attempt, delay } => {
+            format!("reconnecting in {} (attempt {attempt})", d(*delay))
+        }
+        ClientEvent::SessionLost { session, resent } => format!(
+            "session {:016x} lost on the server; new session, {resent} message(s) re-sent",
+            session.0
+        ),
+        ClientEvent::Closed { reason } => format!("closed: {}", reason.label()),
+        ClientEvent::Rtt(_) | ClientEvent::Message(_) => return None,
+    })
+}
 
 /// Runs `vitals connect`.
-pub(crate) async fn run(_args: ConnectArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`vitals connect` is not built yet")
+pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    args.timing.validate()?;
+    let addr: SocketAddr = tokio::net::lookup_host(&args.addr)
+        .await
+        .with_context(|| format!("cannot resolve `{}` (expected host:port)", args.addr))?
+        .next()
+        .with_context(|| format!("`{}` resolves to no address", args.addr))?;
+    let mut cfg = ClientConfig::new(addr).with_timing(args.timing.interval, args.timing.timeout);
+    cfg.codec = args.timing.codec;
+    let mut client = Client::connect(cfg);
+    let sender = client.sender();
+
+    // stdin → messages, in a task so that a send waiting on back-pressure does not stop events.
+    let (eof_tx, mut eof_rx) = mpsc::channel::<anyhow::Result<u64>>(1);
+    let codec = args.timing.codec;
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut sent = 0u64;
+        let result = loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => {
+                    if codec == Codec::Json && line.trim().is_empty() {
+                        continue;
+                    }
+                    match sender.send(line.into_bytes()).await {
+                        Ok(()) => sent += 1,
+                        Err(vitals::Error::Rejected(why)) => {
+                            eprintln!("vitals connect: line not sent: {why}");
+                        }
+                        Err(e) => break Err(anyhow::anyhow!("cannot send: {e}")),
+                    }
+                }
+                Ok(None) => break Ok(sent),
+                Err(e) => break Err(anyhow::anyhow!("reading stdin: {e}")),
+            }
+        };
+        let _ = eof_tx.send(result).await;
+    });
+
+    let mut connected = false;
+    let mut eof: Option<tokio::time::Instant> = None; // when stdin ended
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let stdout = std::io::stdout();
+    let code = loop {
+        let deadline = match (eof, linger_until) {
+            (_, Some(l)) => Some(l),
+            (Some(e), None) => Some(e + args.eof_timeout),
+            (None, None) => None,
+        };
+        tokio::select! {
+            event = client.next_event() => {
+                let Some(event) = event else {
+                    eprintln!("vitals connect: client stopped");
+                    break ExitCode::from(1);
+                };
+                if let Some(line) = describe(&event, args.rtt) {
+                    eprintln!("vitals connect: {line}");
+                }
+                match event {
+                    ClientEvent::Message(payload) => {
+                        let mut out = stdout.lock();
+                        let _ = out.write_all(&payload);
+                        let _ = out.write_all(b"\n");
+                        let _ = out.flush();
+                    }
+                    ClientEvent::Connected { .. } => {
+                        connected = true;
+                        if eof.is_some() && linger_until.is_none() {
+                            linger_until = Some(tokio::time::Instant::now() + args.linger);
+                        }
+                    }
+                    ClientEvent::Dead { .. } => {
+                        connected = false;
+                        // A connection lost while lingering: wait for the resume again.
+                        linger_until = None;
+                    }
+                    ClientEvent::Closed { .. } => break ExitCode::from(1),
+                    _ => {}
+                }
+            }
+            done = eof_rx.recv(), if eof.is_none() => {
+                match done {
+                    Some(Ok(sent)) => tracing::debug!(sent, "stdin ended"),
+                    Some(Err(e)) => {
+                        eprintln!("vitals connect: {e:#}");
+                        client.close().await;
+                        return Ok(ExitCode::from(2));
+                    }
+                    None => {}
+                }
+                let now = tokio::time::Instant::now();
+                eof = Some(now);
+                if connected {
+                    linger_until = Some(now + args.linger);
+                }
+            }
+            _ = sleep_until_opt(deadline) => {
+                if linger_until.is_some() {
+                    break ExitCode::SUCCESS;
+                }
+                eprintln!(
+                    "vitals connect: not connected {} after stdin ended; unsent messages are dropped",
+                    humantime::format_duration(args.eof_timeout)
+                );
+                break ExitCode::from(1);
+            }
+        }
+    };
+    reader.abort();
+    client.close().await;
+    Ok(code)
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitals::DisconnectReason;
+
+    #[test]
+    fn events_read_well() {
+        let e = ClientEvent::Reconnecting {
+            attempt: 2,
+            delay: Duration::from_millis(250),
+        };
+        assert_eq!(
+            describe(&e, false).as_deref(),
+            Some("reconnecting in 250ms (attempt 2)")
+        );
+        let dead = ClientEvent::Dead {
+            reason: DisconnectReason::SilenceTimeout,
+        };
+        assert_eq!(
+            describe(&dead, false).as_deref(),
+            Some("connection lost: silence_timeout")
+        );
+        assert_eq!(describe(&ClientEvent::Message(b"x".to_vec()), true), None);
+        let rtt = ClientEvent::Rtt(vitals::vitals_proto::RttStats::default());
+        assert_eq!(describe(&rtt, false), None);
+        assert!(describe(&rtt, true).is_some());
+    }
 }
