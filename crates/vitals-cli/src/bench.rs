@@ -1,12 +1,700 @@
-//! `vitals bench` (being written).
+//! `vitals bench`: open N heartbeating connections to a server on loopback, measure for a bounded time,
+//! and report connect rate, RTT percentiles, heartbeats per second and — given the server's pid — its
+//! RSS per connection and CPU per heartbeat.
+//!
+//! **What a heartbeat is here.** In vitals either side pings after `interval` of silence from the other,
+//! and any byte received resets that silence, so each idle connection makes about one PING→PONG
+//! exchange per interval, started by whichever side's timer fires first. A heartbeat is one such
+//! exchange, counted on the bench (client) side: a PING of ours answered by the server (an RTT sample)
+//! plus a PING of the server's answered by us (a PONG we wrote). Both counts are reported separately;
+//! RTT percentiles come from our own pings only.
+//!
+//! Layout: [`peer`] drives one connection (a lean task per connection, no reconnect), [`sys`] reads
+//! /proc and the limits, this file runs the phases (limits → connect → measure → close) and reports.
 
+pub(crate) mod peer;
+pub(crate) mod sys;
+
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use vitals::vitals_proto::{Config as ProtoConfig, Connection, Event, JsonConfig, Role};
+use vitals::{Codec, Server, ServerConfig};
+
+use crate::config::{TimingArgs, parse_duration};
+use peer::{End, Mode, Observer};
+
+/// What the output says a heartbeat is.
+const HEARTBEAT_MEANING: &str = "one PING answered by a PONG, either direction, counted at the bench clients: \
+     our pings the server answered (= RTT samples) + the server's pings we answered";
 
 /// Arguments of `vitals bench`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct BenchArgs {}
+pub(crate) struct BenchArgs {
+    /// Connections to open.
+    #[arg(
+        short = 'n',
+        long = "connections",
+        visible_alias = "clients",
+        default_value_t = 1000
+    )]
+    connections: u32,
+    /// Server to load (a loopback address). Without it, a server is started in this process.
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// How long to measure once all connections are up (humantime: 10s, 1m).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    #[command(flatten)]
+    timing: TimingArgs,
+    /// Pid of the server process: report its RSS per connection and CPU per heartbeat (from /proc).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Use this many source addresses (127.0.0.1, .2, …) instead of deciding from the port range.
+    #[arg(long)]
+    sources: Option<u32>,
+    /// Most connection handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+/// Counters shared by every peer task.
+struct Stats {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    lost: AtomicU64,
+    /// Our pings the server answered (RTT samples).
+    client_pings: AtomicU64,
+    /// The server's pings we answered.
+    server_pings: AtomicU64,
+    /// RTT samples are recorded while this is set (the measurement window).
+    measuring: AtomicBool,
+    /// RTT in µs.
+    rtt: Mutex<Histogram<u64>>,
+    /// The timing the server granted (first connection), in ms.
+    granted: Mutex<Option<(Duration, Duration)>>,
+    /// First few reasons of lost connections.
+    lost_reasons: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    fn new() -> anyhow::Result<Stats> {
+        Ok(Stats {
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            client_pings: AtomicU64::new(0),
+            server_pings: AtomicU64::new(0),
+            measuring: AtomicBool::new(false),
+            rtt: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+            granted: Mutex::new(None),
+            lost_reasons: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn heartbeats(&self) -> (u64, u64) {
+        (
+            self.client_pings.load(Ordering::Relaxed),
+            self.server_pings.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One peer's observer: feeds [`Stats`] and releases the handshake permit once connected.
+struct PeerObs {
+    stats: Arc<Stats>,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    connected: AtomicBool,
+}
+
+impl Observer for PeerObs {
+    fn connected(&self, granted: Option<(Duration, Duration)>) {
+        if !self.connected.swap(true, Ordering::Relaxed) {
+            self.stats.connected.fetch_add(1, Ordering::Relaxed);
+            if let Some(g) = granted
+                && let Ok(mut slot) = self.stats.granted.lock()
+            {
+                slot.get_or_insert(g);
+            }
+        }
+        if let Ok(mut p) = self.permit.lock() {
+            p.take();
+        }
+    }
+
+    fn event(&self, event: &Event) {
+        if let Event::Rtt(rtt) = event {
+            self.stats.client_pings.fetch_add(1, Ordering::Relaxed);
+            if self.stats.measuring.load(Ordering::Relaxed)
+                && let Ok(mut h) = self.stats.rtt.lock()
+            {
+                h.saturating_record(rtt.latest.as_micros().max(1) as u64);
+            }
+        }
+    }
+
+    fn pongs_sent(&self, n: u64) {
+        self.stats.server_pings.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A checked plan for one run.
+struct Plan {
+    n: u32,
+    sources: Vec<IpAddr>,
+    files: sys::FileLimit,
+}
+
+/// Checks the flags and the limits; the errors say what to change.
+fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
+    args.timing.validate()?;
+    if args.connections == 0 {
+        bail!("--connections must be at least 1 (e.g. --connections 1000)");
+    }
+    if args.duration.is_zero() {
+        bail!("--duration must be greater than zero (e.g. --duration 10s)");
+    }
+    if args.connect_concurrency == 0 {
+        bail!("--connect-concurrency must be at least 1 (e.g. --connect-concurrency 256)");
+    }
+    if let Some(addr) = args.server
+        && !addr.ip().is_loopback()
+    {
+        bail!(
+            "--server {addr} is not a loopback address: vitals bench only loads servers on this machine (e.g. --server 127.0.0.1:7878)"
+        );
+    }
+    if args.server.is_none() && args.server_pid.is_some() {
+        bail!(
+            "--server-pid needs --server: without it the server runs inside the bench process, whose RSS and CPU include the clients"
+        );
+    }
+    if let Some(pid) = args.server_pid {
+        sys::rss_bytes(pid)
+            .with_context(|| format!("--server-pid {pid}: cannot read /proc/{pid}/status"))?;
+    }
+    if args.sources.is_some_and(|k| k == 0 || k > 254) {
+        bail!("--sources must be between 1 and 254");
+    }
+    let n = args.connections;
+    let files = sys::raise_file_limit();
+    // In-process, every connection costs two descriptors: ours and the server's accepted one.
+    let per_conn: u64 = if args.server.is_none() { 2 } else { 1 };
+    let needed = u64::from(n) * per_conn + sys::FD_OVERHEAD;
+    if needed > files.soft {
+        let most = files.soft.saturating_sub(sys::FD_OVERHEAD) / per_conn;
+        let hard = if files.hard == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            files.hard.to_string()
+        };
+        let split = if args.server.is_none() {
+            "; or run the server separately (`vitals serve`) and pass --server, which halves the need"
+        } else {
+            "; or split the load over several bench processes"
+        };
+        bail!(
+            "--connections {n} needs about {needed} open files ({n} × {per_conn} sockets + {} spare), but this \
+             process may open at most {} (hard limit {hard}); use --connections {most} or fewer{split}",
+            sys::FD_OVERHEAD,
+            files.soft,
+        );
+    }
+    let ports = sys::ephemeral_ports();
+    let sources = sys::source_addresses(n, ports, args.sources);
+    Ok(Plan { n, sources, files })
+}
+
+/// The in-process server, granting exactly the timing asked for.
+fn start_server(args: &BenchArgs, n: u32) -> anyhow::Result<Server> {
+    let t = &args.timing;
+    let mut cfg = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        codec: t.codec,
+        max_connections: n as usize + 16,
+        ..ServerConfig::default()
+    }
+    .with_timing(t.interval, t.timeout);
+    let p = &mut cfg.proto.policy;
+    p.min_interval = p.min_interval.min(t.interval);
+    p.max_interval = p.max_interval.max(t.interval);
+    p.min_timeout = p.min_timeout.min(t.timeout);
+    p.max_timeout = p.max_timeout.max(t.timeout);
+    Server::bind(cfg).context("cannot start the in-process server")
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(style)
+}
 
 /// Runs `vitals bench`.
-pub(crate) async fn run(_args: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`vitals bench` is not built yet")
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
+    let n = plan.n;
+    let codec = args.timing.codec;
+    let (interval, timeout) = (args.timing.interval, args.timing.timeout);
+
+    // The server: given, or in this process (its events drained so they do not pile up).
+    let mut in_process = None;
+    let server_addr = match args.server {
+        Some(a) => a,
+        None => {
+            let mut server = start_server(&args, n)?;
+            let addr = server.local_addr();
+            let handle = server.handle();
+            let drain = tokio::spawn(async move { while server.next_event().await.is_some() {} });
+            in_process = Some((handle, drain));
+            addr
+        }
+    };
+    tracing::debug!(%server_addr, n, sources = plan.sources.len(), soft = plan.files.soft, "bench plan");
+
+    let rss_before = match args.server_pid {
+        Some(pid) => Some(sys::rss_bytes(pid)?),
+        None => None,
+    };
+
+    // Connect phase.
+    let stats = Arc::new(Stats::new()?);
+    let (mode_tx, mode_rx) = watch::channel(Mode::Run);
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency));
+    let proto_cfg = {
+        let mut c = ProtoConfig::default();
+        c.liveness.interval = interval;
+        c.liveness.timeout = timeout;
+        c
+    };
+    let json_cfg = {
+        let mut c = JsonConfig::default();
+        c.liveness.interval = interval;
+        c.liveness.timeout = timeout;
+        c
+    };
+    let connect_timeout = Duration::from_secs(5);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let bind =
+            (!plan.sources.is_empty()).then(|| plan.sources[i as usize % plan.sources.len()]);
+        let stats = Arc::clone(&stats);
+        let gate = Arc::clone(&gate);
+        let mode = mode_rx.clone();
+        tasks.spawn(async move {
+            let Ok(permit) = gate.acquire_owned().await else {
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(connect_timeout, peer::connect(server_addr, bind)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, ?bind, "connect failed");
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(?bind, "connect timed out");
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+            if let Err(e) = vitals::socket::SocketOptions::for_timeout(timeout).apply(&stream) {
+                tracing::debug!(error = %e, "socket options not applied");
+            }
+            let now = Instant::now();
+            let proto = match codec {
+                Codec::Binary => Connection::client(now, proto_cfg),
+                Codec::Json => Connection::json(now, Role::Client, json_cfg),
+            };
+            let obs = PeerObs {
+                stats: Arc::clone(&stats),
+                permit: Mutex::new(Some(permit)),
+                connected: AtomicBool::new(false),
+            };
+            let end = peer::drive(stream, proto, codec, mode, &obs).await;
+            let was_connected = obs.connected.load(Ordering::Relaxed);
+            match end {
+                End::Stopped if was_connected => {}
+                End::Stopped => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                End::Lost(reason) => {
+                    if was_connected {
+                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(reason = reason.label(), was_connected, "connection lost");
+                    if let Ok(mut r) = stats.lost_reasons.lock()
+                        && r.len() < 5
+                    {
+                        r.push(format!("{reason:?}"));
+                    }
+                }
+            }
+        });
+    }
+
+    let progress = bar(
+        u64::from(n),
+        "connecting {bar:40.cyan/blue} {pos}/{len} {per_sec} {msg}",
+    );
+    // Bounded: every attempt ends within the connect timeout plus one liveness timeout for the
+    // handshake, and at most `concurrency` run at once.
+    let waves = u64::from(n)
+        .div_ceil(args.connect_concurrency as u64)
+        .max(1);
+    let connect_deadline = started
+        + (connect_timeout + timeout).min(Duration::from_secs(10))
+        + Duration::from_millis(50).saturating_mul(u32::try_from(waves).unwrap_or(u32::MAX))
+        + Duration::from_secs(5);
+    loop {
+        let done = stats.connected.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+        progress.set_position(stats.connected.load(Ordering::Relaxed));
+        if done >= u64::from(n) || Instant::now() >= connect_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let connected = stats.connected.load(Ordering::Relaxed);
+    progress.finish_and_clear();
+
+    // Measurement window.
+    let cpu_before = match args.server_pid {
+        Some(pid) => Some(sys::cpu_time(pid)?),
+        None => None,
+    };
+    let hb_before = stats.heartbeats();
+    stats.measuring.store(true, Ordering::Relaxed);
+    let window_start = Instant::now();
+    let progress = bar(
+        args.duration.as_millis() as u64,
+        "measuring  {bar:40.green/blue} {elapsed}/{duration} {msg}",
+    );
+    let mut last = (window_start, hb_before.0 + hb_before.1);
+    loop {
+        let elapsed = window_start.elapsed();
+        if elapsed >= args.duration {
+            break;
+        }
+        tokio::time::sleep((args.duration - elapsed).min(Duration::from_millis(250))).await;
+        let (c, s) = stats.heartbeats();
+        let now = Instant::now();
+        let rate = (c + s - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-6);
+        last = (now, c + s);
+        progress.set_position(window_start.elapsed().as_millis() as u64);
+        progress.set_message(format!(
+            "{rate:.0} heartbeats/s, lost {}",
+            stats.lost.load(Ordering::Relaxed)
+        ));
+    }
+    stats.measuring.store(false, Ordering::Relaxed);
+    let window = window_start.elapsed();
+    let hb_after = stats.heartbeats();
+    let cpu_after = match args.server_pid {
+        Some(pid) => Some(sys::cpu_time(pid)?),
+        None => None,
+    };
+    let rss_after = match args.server_pid {
+        Some(pid) => Some(sys::rss_bytes(pid)?),
+        None => None,
+    };
+    let bench_rss = sys::rss_bytes(std::process::id()).ok();
+    progress.finish_and_clear();
+    let lost = stats.lost.load(Ordering::Relaxed);
+    let failed = stats.failed.load(Ordering::Relaxed);
+
+    // Close everything (bounded).
+    let _ = mode_tx.send(Mode::Stop);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if closed.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "connections still closing after 5 s; aborting them"
+        );
+        tasks.abort_all();
+    }
+    if let Some((_handle, drain)) = in_process {
+        drain.abort();
+    }
+
+    // Report.
+    let client_pings = hb_after.0 - hb_before.0;
+    let server_pings = hb_after.1 - hb_before.1;
+    let heartbeats = client_pings + server_pings;
+    let window_s = window.as_secs_f64();
+    let hist = stats
+        .rtt
+        .lock()
+        .map_err(|_| anyhow::anyhow!("RTT histogram poisoned"))?
+        .clone();
+    let granted = stats.granted.lock().ok().and_then(|g| *g);
+    let report = Report {
+        requested: n,
+        connected,
+        failed,
+        lost,
+        server: server_addr,
+        in_process: args.server.is_none(),
+        codec,
+        interval,
+        timeout,
+        granted,
+        sources: plan.sources.clone(),
+        connect_secs,
+        window_s,
+        hist,
+        client_pings,
+        server_pings,
+        heartbeats,
+        server_pid: args.server_pid,
+        rss_before,
+        rss_after,
+        cpu: cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
+        bench_rss,
+        lost_reasons: stats
+            .lost_reasons
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        report.print();
+    }
+    let ok = connected == u64::from(n) && lost == 0 && failed == 0;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Everything measured in one run.
+struct Report {
+    requested: u32,
+    connected: u64,
+    failed: u64,
+    lost: u64,
+    server: SocketAddr,
+    in_process: bool,
+    codec: Codec,
+    interval: Duration,
+    timeout: Duration,
+    granted: Option<(Duration, Duration)>,
+    sources: Vec<IpAddr>,
+    connect_secs: f64,
+    window_s: f64,
+    hist: Histogram<u64>,
+    client_pings: u64,
+    server_pings: u64,
+    heartbeats: u64,
+    server_pid: Option<u32>,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+    cpu: Option<Duration>,
+    bench_rss: Option<u64>,
+    lost_reasons: Vec<String>,
+}
+
+impl Report {
+    fn connect_rate(&self) -> f64 {
+        self.connected as f64 / self.connect_secs.max(1e-9)
+    }
+
+    fn heartbeats_per_s(&self) -> f64 {
+        self.heartbeats as f64 / self.window_s.max(1e-9)
+    }
+
+    /// What an ideal run would make: one exchange per connection per interval.
+    fn expected_per_s(&self) -> f64 {
+        let interval = self.granted.map_or(self.interval, |g| g.0);
+        self.connected as f64 / interval.as_secs_f64().max(1e-9)
+    }
+
+    fn rss_per_conn(&self) -> Option<f64> {
+        let (a, b) = (self.rss_before?, self.rss_after?);
+        (self.connected > 0).then(|| (b as f64 - a as f64) / self.connected as f64)
+    }
+
+    fn cpu_per_heartbeat_us(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        (self.heartbeats > 0).then(|| cpu.as_secs_f64() * 1e6 / self.heartbeats as f64)
+    }
+
+    fn pct(&self, q: f64) -> Option<u64> {
+        (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(q))
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let codec = match self.codec {
+            Codec::Binary => "binary",
+            Codec::Json => "json",
+        };
+        serde_json::json!({
+            "connections_requested": self.requested,
+            "connections": self.connected,
+            "failed": self.failed,
+            "lost": self.lost,
+            "lost_reasons": self.lost_reasons,
+            "server": self.server.to_string(),
+            "in_process_server": self.in_process,
+            "codec": codec,
+            "interval_ms": self.interval.as_secs_f64() * 1e3,
+            "timeout_ms": self.timeout.as_secs_f64() * 1e3,
+            "granted_interval_ms": self.granted.map(|g| g.0.as_secs_f64() * 1e3),
+            "granted_timeout_ms": self.granted.map(|g| g.1.as_secs_f64() * 1e3),
+            "source_addresses": self.sources.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "connect_seconds": self.connect_secs,
+            "connect_rate_per_s": self.connect_rate(),
+            "duration_s": self.window_s,
+            "rtt_us": {
+                "samples": self.hist.len(),
+                "p50": self.pct(0.50),
+                "p90": self.pct(0.90),
+                "p99": self.pct(0.99),
+                "max": (!self.hist.is_empty()).then(|| self.hist.max()),
+            },
+            "heartbeats": self.heartbeats,
+            "heartbeats_per_s": self.heartbeats_per_s(),
+            "heartbeats_expected_per_s": self.expected_per_s(),
+            "client_pings_answered": self.client_pings,
+            "server_pings_answered": self.server_pings,
+            "heartbeat_definition": HEARTBEAT_MEANING,
+            "server_pid": self.server_pid,
+            "server_rss_before_bytes": self.rss_before,
+            "server_rss_after_bytes": self.rss_after,
+            "server_rss_per_connection_bytes": self.rss_per_conn(),
+            "server_cpu_seconds": self.cpu.map(|c| c.as_secs_f64()),
+            "server_cpu_per_heartbeat_us": self.cpu_per_heartbeat_us(),
+            "bench_rss_bytes": self.bench_rss,
+            "bench_rss_per_connection_bytes": self.bench_rss.map(|r| r as f64 / self.connected.max(1) as f64),
+        })
+    }
+
+    fn print(&self) {
+        let us = |v: Option<u64>| v.map_or("-".to_string(), fmt_us);
+        let where_ = if self.in_process {
+            "in-process server"
+        } else {
+            "external server"
+        };
+        println!(
+            "vitals bench: {} connections to {} ({where_}), codec {:?}, interval {}, timeout {}{}",
+            self.requested,
+            self.server,
+            self.codec,
+            humantime::format_duration(self.interval),
+            humantime::format_duration(self.timeout),
+            match self.granted {
+                Some((i, t)) if (i, t) != (self.interval, self.timeout) => format!(
+                    " (server granted {} / {})",
+                    humantime::format_duration(i),
+                    humantime::format_duration(t)
+                ),
+                _ => String::new(),
+            }
+        );
+        if !self.sources.is_empty() {
+            let list: Vec<String> = self.sources.iter().map(|a| a.to_string()).collect();
+            println!("  source addresses: {}", list.join(", "));
+        }
+        println!(
+            "  connect:    {} of {} in {:.2} s = {:.0} connections/s (failed {})",
+            self.connected,
+            self.requested,
+            self.connect_secs,
+            self.connect_rate(),
+            self.failed
+        );
+        println!(
+            "  rtt:        p50 {}  p90 {}  p99 {}  max {}  ({} samples: our pings answered by the server)",
+            us(self.pct(0.50)),
+            us(self.pct(0.90)),
+            us(self.pct(0.99)),
+            us((!self.hist.is_empty()).then(|| self.hist.max())),
+            self.hist.len()
+        );
+        println!(
+            "  heartbeats: {} in {:.2} s = {:.0}/s (ideal {:.0}/s: one per connection per interval)",
+            self.heartbeats,
+            self.window_s,
+            self.heartbeats_per_s(),
+            self.expected_per_s()
+        );
+        println!(
+            "              = {} our pings answered (RTT samples) + {} server pings we answered",
+            self.client_pings, self.server_pings
+        );
+        println!("              a heartbeat is {HEARTBEAT_MEANING}");
+        if let Some(pid) = self.server_pid {
+            if let (Some(a), Some(b), Some(per)) =
+                (self.rss_before, self.rss_after, self.rss_per_conn())
+            {
+                println!(
+                    "  server pid {pid}: RSS {} before → {} after = {per:.0} bytes per connection",
+                    fmt_bytes(a),
+                    fmt_bytes(b)
+                );
+            }
+            if let Some(cpu) = self.cpu {
+                println!(
+                    "  server pid {pid}: CPU {:.3} s (user+system) over {:.2} s = {} per heartbeat",
+                    cpu.as_secs_f64(),
+                    self.window_s,
+                    self.cpu_per_heartbeat_us()
+                        .map_or("-".to_string(), |v| format!("{v:.2} µs"))
+                );
+            }
+        }
+        if let Some(r) = self.bench_rss {
+            println!(
+                "  bench process: RSS {} ({:.0} bytes per connection: {})",
+                fmt_bytes(r),
+                r as f64 / self.connected.max(1) as f64,
+                if self.in_process {
+                    "clients and the in-process server"
+                } else {
+                    "clients only"
+                }
+            );
+        }
+        println!("  lost connections: {}", self.lost);
+        for r in &self.lost_reasons {
+            println!("    e.g. {r}");
+        }
+    }
+}
+
+/// A duration in µs, printed in the unit that reads best.
+fn fmt_us(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.1} ms", us as f64 / 1e3)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+/// Bytes as MiB with one decimal.
+fn fmt_bytes(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }

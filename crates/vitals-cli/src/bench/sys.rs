@@ -1,0 +1,157 @@
+//! What `vitals bench` reads from the system: a process's RSS and CPU time (/proc), the open-file limit
+//! (raised from soft to hard where allowed) and the ephemeral port range.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+/// Open files the bench keeps for itself besides connections (runtime, epoll, stdio, listeners, …).
+pub(crate) const FD_OVERHEAD: u64 = 64;
+
+/// Resident set size of process `pid` in bytes (`VmRSS` in /proc/PID/status).
+pub(crate) fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_rss(&status).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no VmRSS line in /proc/{pid}/status"),
+        )
+    })
+}
+
+/// The `VmRSS:  1234 kB` line of a /proc status file, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU time (user + system) process `pid` has used so far, from /proc/PID/stat.
+pub(crate) fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_stat_ticks(&stat).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot parse /proc/{pid}/stat"),
+        )
+    })?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// utime + stime (fields 14 and 15) of a /proc stat line, in clock ticks. The command name (field 2)
+/// may contain spaces and parentheses, so fields are counted after its last `)`.
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state is field 3, so utime (14) is the 12th field here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The open-file limit after raising the soft limit to the hard one where allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileLimit {
+    /// The soft limit in force now.
+    pub(crate) soft: u64,
+    /// The hard limit (`u64::MAX` when unlimited).
+    pub(crate) hard: u64,
+}
+
+/// Raises this process's soft open-file limit to its hard limit (where allowed) and returns both.
+pub(crate) fn raise_file_limit() -> FileLimit {
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    let hard = maximum.unwrap_or(u64::MAX);
+    let mut soft = current.unwrap_or(u64::MAX);
+    if soft < hard {
+        let wanted = Rlimit {
+            current: maximum,
+            maximum,
+        };
+        match setrlimit(Resource::Nofile, wanted) {
+            Ok(()) => soft = hard,
+            Err(e) => tracing::debug!(error = %e, "could not raise the open-file soft limit"),
+        }
+    }
+    FileLimit { soft, hard }
+}
+
+/// The ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`), inclusive; Linux's default
+/// 32768–60999 when it cannot be read.
+pub(crate) fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| parse_port_range(&s))
+        .unwrap_or((32768, 60999))
+}
+
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace();
+    let lo: u16 = it.next()?.parse().ok()?;
+    let hi: u16 = it.next()?.parse().ok()?;
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// Connections one source address may take from a port range of `ports` ports: 80 % of it, leaving the
+/// rest to whatever else runs on the machine.
+pub(crate) fn per_source(ports: u32) -> u32 {
+    (ports / 5 * 4).max(1)
+}
+
+/// The source addresses for `n` connections: none (the system's choice) when one address's share of
+/// the port range suffices, else 127.0.0.1, .2, … as many as needed (`force` overrides the count).
+pub(crate) fn source_addresses(n: u32, ports: (u16, u16), force: Option<u32>) -> Vec<IpAddr> {
+    let range = u32::from(ports.1) - u32::from(ports.0) + 1;
+    let count = match force {
+        Some(k) => k,
+        None if n <= per_source(range) => return Vec::new(),
+        None => n.div_ceil(per_source(range)),
+    };
+    (1..=count.min(254))
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vm_rss() {
+        let s = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\nThreads: 3\n";
+        assert_eq!(parse_vm_rss(s), Some(2048 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let s =
+            "1234 (my (odd) proc) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 99 1 2";
+        assert_eq!(parse_stat_ticks(s), Some(325));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).is_ok_and(|b| b > 0));
+        assert!(cpu_time(me).is_ok());
+    }
+
+    #[test]
+    fn port_range_and_sources() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("x"), None);
+        let ports = (32768, 60999); // 28,232 ports: 22,585 per source
+        assert!(source_addresses(19_000, ports, None).is_empty());
+        let v = source_addresses(50_000, ports, None);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+        assert_eq!(source_addresses(10, ports, Some(2)).len(), 2);
+        // A small range needs more sources.
+        assert_eq!(source_addresses(1000, (40000, 40099), None).len(), 13);
+    }
+}
