@@ -229,7 +229,7 @@ impl ServeFile {
             };
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     anyhow::anyhow!("line {line}: {msg}{hint}")
                 }
                 None => anyhow::anyhow!("{msg}{hint}"),

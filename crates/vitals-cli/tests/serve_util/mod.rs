@@ -1,0 +1,212 @@
+//! Helpers shared by the CLI tests: start `vitals serve` on free loopback ports, wait for its
+//! "listening" line, talk HTTP to its status page, and kill whatever was started.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `vitals` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vitals"))
+}
+
+/// A fresh path under the test scratch directory.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "vitals-cli-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join(name)
+}
+
+/// A running `vitals serve`, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The status page address, if `--http` was given.
+    pub http: Option<SocketAddr>,
+    /// The "listening" line.
+    pub banner: String,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `vitals serve --listen 127.0.0.1:0 ARGS…` and waits (≤ 20 s) for its listening line.
+    pub fn start(args: &[&str]) -> Daemon {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let stderr = scratch("serve.stderr");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn vitals serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the daemon never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let banner = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "vitals serve printed no listening line; stderr:\n{}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+        };
+        let addr = word_after(&banner, "listening on ")
+            .parse()
+            .unwrap_or_else(|_| panic!("no address in {banner:?}"));
+        let http = banner.split("http://").nth(1).map(|rest| {
+            rest.trim_end_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or_else(|_| panic!("no http address in {banner:?}"))
+        });
+        Daemon {
+            child,
+            addr,
+            http,
+            banner,
+            stderr,
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits up to `within` for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill(1)");
+        assert!(ok.success(), "kill -{signal} {pid} failed");
+        wait_within(&mut self.child, within)
+            .unwrap_or_else(|| panic!("vitals serve did not exit within {within:?} of SIG{signal}"))
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// GET `path` on the status page.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_request(
+            self.http.expect("started without --http"),
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+    }
+
+    /// `/status.json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/status.json");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status.json is JSON")
+    }
+
+    /// Polls `/status.json` until `pred` holds (≤ `within`); returns the last document.
+    pub fn wait_status(
+        &self,
+        within: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + within;
+        loop {
+            let s = self.status();
+            if pred(&s) || Instant::now() > end {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed on drop (clients started by a test).
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `child` up to `within`.
+pub fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The whitespace-delimited word after `marker` in `line`.
+pub fn word_after<'a>(line: &'a str, marker: &str) -> &'a str {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+}
+
+/// Sends a raw request, returns (status code, body).
+pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).expect("write request");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// A free loopback port (bound then released; good enough for tests that need a closed port).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
