@@ -76,7 +76,9 @@ fn describe(event: &ClientEvent, show_rtt: bool) -> Option<String> {
         ClientEvent::Suspect { phi } => format!("suspect: phi {phi:.1}"),
         ClientEvent::Dead { reason } => format!("connection lost: {}", reason.label()),
         ClientEvent::Reconnecting { attempt, delay } => {
-            format!("reconnecting in {} (attempt {attempt})", d(*delay))
+            // Whole milliseconds read better than humantime's nanoseconds.
+            let delay = Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            format!("reconnecting in {} (attempt {attempt})", d(delay))
         }
         ClientEvent::SessionLost { session, resent } => format!(
             "session {:016x} lost on the server; new session, {resent} message(s) re-sent",
@@ -100,38 +102,57 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(cfg);
     let sender = client.sender();
 
-    // stdin → messages, in a task so that a send waiting on back-pressure does not stop events.
-    let (eof_tx, mut eof_rx) = mpsc::channel::<anyhow::Result<u64>>(1);
+    // stdin → a queue (the reader notices EOF at once) → messages (a sender task, so that a send
+    // waiting for room or for a connection does not stop events from being printed).
+    let (line_tx, mut line_rx) = mpsc::channel::<Vec<u8>>(256);
+    let (eof_tx, mut eof_rx) = mpsc::channel::<anyhow::Result<()>>(1);
+    let (sent_tx, mut sent_rx) = mpsc::channel::<anyhow::Result<u64>>(1);
     let codec = args.timing.codec;
     let reader = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        let mut sent = 0u64;
         let result = loop {
             match lines.next_line().await {
                 Ok(Some(line)) => {
                     if codec == Codec::Json && line.trim().is_empty() {
                         continue;
                     }
-                    match sender.send(line.into_bytes()).await {
-                        Ok(()) => sent += 1,
-                        Err(vitals::Error::Rejected(why)) => {
-                            eprintln!("vitals connect: line not sent: {why}");
-                        }
-                        Err(e) => break Err(anyhow::anyhow!("cannot send: {e}")),
+                    if line_tx.send(line.into_bytes()).await.is_err() {
+                        break Ok(());
                     }
                 }
-                Ok(None) => break Ok(sent),
+                Ok(None) => break Ok(()),
                 Err(e) => break Err(anyhow::anyhow!("reading stdin: {e}")),
             }
         };
+        drop(line_tx);
         let _ = eof_tx.send(result).await;
+    });
+    let writer = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while let Some(line) = line_rx.recv().await {
+            match sender.send(line).await {
+                Ok(()) => sent += 1,
+                Err(vitals::Error::Rejected(why)) => {
+                    eprintln!("vitals connect: line not sent: {why}");
+                }
+                Err(e) => {
+                    let _ = sent_tx.send(Err(anyhow::anyhow!("cannot send: {e}"))).await;
+                    return;
+                }
+            }
+        }
+        let _ = sent_tx.send(Ok(sent)).await;
     });
 
     let mut connected = false;
     let mut eof: Option<tokio::time::Instant> = None; // when stdin ended
+    let mut all_sent = false; // every line was handed to the client
     let mut linger_until: Option<tokio::time::Instant> = None;
     let stdout = std::io::stdout();
     let code = loop {
+        if all_sent && connected && linger_until.is_none() {
+            linger_until = Some(tokio::time::Instant::now() + args.linger);
+        }
         let deadline = match (eof, linger_until) {
             (_, Some(l)) => Some(l),
             (Some(e), None) => Some(e + args.eof_timeout),
@@ -153,15 +174,10 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                         let _ = out.write_all(b"\n");
                         let _ = out.flush();
                     }
-                    ClientEvent::Connected { .. } => {
-                        connected = true;
-                        if eof.is_some() && linger_until.is_none() {
-                            linger_until = Some(tokio::time::Instant::now() + args.linger);
-                        }
-                    }
+                    ClientEvent::Connected { .. } => connected = true,
                     ClientEvent::Dead { .. } => {
                         connected = false;
-                        // A connection lost while lingering: wait for the resume again.
+                        // Lost while lingering: wait for the resume (replay), then linger again.
                         linger_until = None;
                     }
                     ClientEvent::Closed { .. } => break ExitCode::from(1),
@@ -169,21 +185,23 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             done = eof_rx.recv(), if eof.is_none() => {
-                match done {
-                    Some(Ok(sent)) => tracing::debug!(sent, "stdin ended"),
-                    Some(Err(e)) => {
-                        eprintln!("vitals connect: {e:#}");
-                        client.close().await;
-                        return Ok(ExitCode::from(2));
-                    }
-                    None => {}
+                if let Some(Err(e)) = done {
+                    eprintln!("vitals connect: {e:#}");
+                    break ExitCode::from(2);
                 }
-                let now = tokio::time::Instant::now();
-                eof = Some(now);
-                if connected {
-                    linger_until = Some(now + args.linger);
-                }
+                eof = Some(tokio::time::Instant::now());
             }
+            done = sent_rx.recv(), if !all_sent => match done {
+                Some(Ok(sent)) => {
+                    tracing::debug!(sent, "every line handed to the client");
+                    all_sent = true;
+                }
+                Some(Err(e)) => {
+                    eprintln!("vitals connect: {e:#}");
+                    break ExitCode::from(2);
+                }
+                None => all_sent = true,
+            },
             _ = sleep_until_opt(deadline) => {
                 if linger_until.is_some() {
                     break ExitCode::SUCCESS;
@@ -196,9 +214,22 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    writer.abort();
     reader.abort();
-    client.close().await;
+    close(client).await;
     Ok(code)
+}
+
+/// Closes the session in order, but gives up after a moment: `Client::close` waits for the client
+/// task to take the command, which it does not do while it is offline with a send pending (it only
+/// looks at commands again once it has room). Dropping the client then stops its task.
+async fn close(client: Client) {
+    if tokio::time::timeout(Duration::from_secs(2), client.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("orderly close timed out; dropping the client");
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -16,8 +16,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use vitals::{Codec, Server, ServerConfig, ServerEvent};
 
 use crate::config::{
-    FileValue, Layers, Names, ServeFile, Sourced, codec_name, parse_addr, parse_bool,
-    parse_codec, parse_count, parse_duration, parse_opt_addr, parse_opt_duration,
+    FileValue, Layers, Names, ServeFile, Sourced, codec_name, parse_addr, parse_bool, parse_codec,
+    parse_count, parse_duration, parse_opt_addr, parse_opt_duration,
 };
 use crate::http::{self, status::Info, status::Status};
 
@@ -118,10 +118,11 @@ impl Settings {
         args: &ServeArgs,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Settings> {
-        let config_path = args
-            .config
-            .clone()
-            .or_else(|| env("VITALS_CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from));
+        let config_path = args.config.clone().or_else(|| {
+            env("VITALS_CONFIG")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
         let (file, path) = match &config_path {
             Some(p) => (ServeFile::load(p)?, Some(p.display().to_string())),
             None => (ServeFile::default(), None),
@@ -160,7 +161,11 @@ impl Settings {
                 Codec::Binary,
             )?,
             max_connections: l.pick(
-                names!("--max-connections", "VITALS_MAX_CONNECTIONS", "max_connections"),
+                names!(
+                    "--max-connections",
+                    "VITALS_MAX_CONNECTIONS",
+                    "max_connections"
+                ),
                 args.max_connections,
                 file.max_connections.map(FileValue::Typed),
                 parse_count,
@@ -230,7 +235,11 @@ impl Settings {
             );
         }
         for (what, flag, v) in [
-            ("max_connections", "--max-connections", &self.max_connections),
+            (
+                "max_connections",
+                "--max-connections",
+                &self.max_connections,
+            ),
             ("loops", "--loops", &self.loops),
         ] {
             if v.value == 0 {
@@ -512,7 +521,10 @@ mod tests {
         let mut a = args();
         a.max_connections = Some(0);
         let err = Settings::resolve(&a, &env_of(&[])).unwrap_err().to_string();
-        assert!(err.contains("max_connections") && err.contains("at least 1"), "{err}");
+        assert!(
+            err.contains("max_connections") && err.contains("at least 1"),
+            "{err}"
+        );
         let err = Settings::resolve(&args(), &env_of(&[("VITALS_LOOPS", "0")]))
             .unwrap_err()
             .to_string();

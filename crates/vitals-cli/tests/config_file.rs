@@ -40,7 +40,9 @@ fn bad_value_in_file_names_file_and_key() {
 fn timing_error_from_the_file_says_so() {
     serve_with("interval = \"5s\"\n")
         .code(2)
-        .stderr(predicate::str::contains("timeout (3s, the default) must be greater than interval (5s, from"))
+        .stderr(predicate::str::contains(
+            "timeout (3s, the default) must be greater than interval (5s, from",
+        ))
         .stderr(predicate::str::contains("vitals.toml"));
 }
 
@@ -51,13 +53,19 @@ fn missing_file_exits_2() {
         .timeout(Duration::from_secs(20))
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("cannot read config file /nonexistent/vitals.toml"));
+        .stderr(predicate::str::contains(
+            "cannot read config file /nonexistent/vitals.toml",
+        ));
 }
 
 #[test]
 fn config_file_from_the_environment_is_used() {
     let file = scratch("vitals.toml");
-    std::fs::write(&file, "interval = \"250ms\"\ntimeout = \"2s\"\necho = true\n").unwrap();
+    std::fs::write(
+        &file,
+        "interval = \"250ms\"\ntimeout = \"2s\"\necho = true\n",
+    )
+    .unwrap();
     let mut d = Daemon::start_with_env(&[], &[("VITALS_CONFIG", &file.to_string_lossy())]);
     assert!(
         d.banner.contains("interval 250ms, timeout 2s") && d.banner.contains(", echo)"),

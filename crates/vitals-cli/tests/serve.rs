@@ -43,7 +43,9 @@ fn zero_sizes_exit_2_naming_the_setting_and_its_origin() {
         .args(["--loops", "0"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("loops (0, from --loops) must be at least 1"));
+        .stderr(predicate::str::contains(
+            "loops (0, from --loops) must be at least 1",
+        ));
     serve()
         .args(["--max-connection-age", "0s"])
         .assert()
@@ -62,7 +64,9 @@ fn unparsable_values_exit_2() {
         .env("VITALS_CODEC", "xml")
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("$VITALS_CODEC: unknown codec `xml`: use `binary` or `json`"));
+        .stderr(predicate::str::contains(
+            "$VITALS_CODEC: unknown codec `xml`: use `binary` or `json`",
+        ));
 }
 
 #[test]
@@ -104,10 +108,24 @@ fn flags_beat_env_beat_file_beat_defaults() {
 
 #[test]
 fn sigterm_drains_connections_and_exits_0() {
-    let mut d = Daemon::start(&["--interval", "200ms", "--timeout", "1s", "--http", "127.0.0.1:0"]);
+    let mut d = Daemon::start(&[
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+        "--http",
+        "127.0.0.1:0",
+    ]);
     // A connected client that stays (stdin kept open).
     let client = std::process::Command::new(bin())
-        .args(["connect", &d.addr.to_string(), "--interval", "200ms", "--timeout", "1s"])
+        .args([
+            "connect",
+            &d.addr.to_string(),
+            "--interval",
+            "200ms",
+            "--timeout",
+            "1s",
+        ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -115,7 +133,9 @@ fn sigterm_drains_connections_and_exits_0() {
         .spawn()
         .unwrap();
     let _client = Guard(client);
-    let s = d.wait_status(Duration::from_secs(10), |s| s["connections"]["established"] == 1);
+    let s = d.wait_status(Duration::from_secs(10), |s| {
+        s["connections"]["established"] == 1
+    });
     assert_eq!(s["connections"]["established"], 1, "{s}");
     let status = d.signal_and_wait("TERM", Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
@@ -134,16 +154,33 @@ fn sigint_exits_0_too() {
 
 #[test]
 fn http_endpoints_answer_and_refuse_what_they_should() {
-    let d = Daemon::start(&["--http", "127.0.0.1:0", "--interval", "200ms", "--timeout", "1s"]);
+    let d = Daemon::start(&[
+        "--http",
+        "127.0.0.1:0",
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+    ]);
     let http = d.http.expect("status page address in the banner");
     // A probe makes the server count a connection, pings and RTT samples.
     std::process::Command::new(bin())
-        .args(["probe", &d.addr.to_string(), "--count", "2", "--interval", "200ms"])
+        .args([
+            "probe",
+            &d.addr.to_string(),
+            "--count",
+            "2",
+            "--interval",
+            "200ms",
+        ])
         .output()
         .unwrap();
     let (code, page) = d.get("/");
     assert_eq!(code, 200);
-    assert!(page.contains("<svg id=\"rtt-hist\""), "page is the status page");
+    assert!(
+        page.contains("<svg id=\"rtt-hist\""),
+        "page is the status page"
+    );
     let s = d.wait_status(Duration::from_secs(5), |s| s["connections"]["total"] == 1);
     assert_eq!(s["connections"]["total"], 1, "{s}");
     assert_eq!(s["server"]["codec"], "binary");
@@ -151,7 +188,10 @@ fn http_endpoints_answer_and_refuse_what_they_should() {
     assert!(s["series"].as_array().is_some_and(|a| !a.is_empty()), "{s}");
     let (code, metrics) = d.get("/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("vitals_connections_accepted_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("vitals_connections_accepted_total 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("vitals_connections_open"), "{metrics}");
     assert_eq!(d.get("/nope").0, 404);
     assert_eq!(

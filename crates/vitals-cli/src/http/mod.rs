@@ -141,7 +141,10 @@ pub(crate) fn respond(app: &App, req: &Request) -> Response {
                 app.prometheus.render(),
             )
         }
-        _ => Response::text("404 Not Found", "not found; try /, /status.json or /metrics\n"),
+        _ => Response::text(
+            "404 Not Found",
+            "not found; try /, /status.json or /metrics\n",
+        ),
     }
 }
 
@@ -176,7 +179,10 @@ async fn handle(mut stream: TcpStream, app: &App) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let read = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let (response, head_only) = match read {
-        Err(_) => (Response::text("408 Request Timeout", "request timeout\n"), false),
+        Err(_) => (
+            Response::text("408 Request Timeout", "request timeout\n"),
+            false,
+        ),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(false)) => (
             Response::text(

@@ -281,7 +281,13 @@ impl Status {
         let s = self.lock();
         let h = &s.rtt;
         let samples = h.len();
-        let q = |x: f64| if samples == 0 { 0.0 } else { ms(h.value_at_quantile(x)) };
+        let q = |x: f64| {
+            if samples == 0 {
+                0.0
+            } else {
+                ms(h.value_at_quantile(x))
+            }
+        };
         let mut buckets: Vec<RttBucket> = RTT_EDGES_US
             .iter()
             .map(|&le| RttBucket {
@@ -389,7 +395,12 @@ mod tests {
         let total: u64 = snap.rtt.buckets.iter().map(|b| b.count).sum();
         assert_eq!(total, 100);
         // 1..=2 ms fall under the 2 ms edge (1 ms under the 1 ms edge).
-        let le_1ms = snap.rtt.buckets.iter().find(|b| b.le_us == Some(1_000)).unwrap();
+        let le_1ms = snap
+            .rtt
+            .buckets
+            .iter()
+            .find(|b| b.le_us == Some(1_000))
+            .unwrap();
         assert_eq!(le_1ms.count, 1);
         assert_eq!(snap.connections.open, 3);
     }

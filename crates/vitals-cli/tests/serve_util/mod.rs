@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The `vitals` binary under test.
-pub fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vitals"))
 }
 
 /// A fresh path under the test scratch directory.
-pub fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "vitals-cli-{}-{}",
@@ -27,25 +27,25 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// A running `vitals serve`, killed on drop.
-pub struct Daemon {
-    pub child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     /// The address it listens on.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The status page address, if `--http` was given.
-    pub http: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
     /// The "listening" line.
-    pub banner: String,
+    pub(crate) banner: String,
     stderr: PathBuf,
 }
 
 impl Daemon {
     /// Starts `vitals serve --listen 127.0.0.1:0 ARGS…` and waits (≤ 20 s) for its listening line.
-    pub fn start(args: &[&str]) -> Daemon {
+    pub(crate) fn start(args: &[&str]) -> Daemon {
         Self::start_with_env(args, &[])
     }
 
     /// Same, with extra environment variables.
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let stderr = scratch("serve.stderr");
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
@@ -101,7 +101,7 @@ impl Daemon {
     }
 
     /// Sends `signal` (e.g. "TERM") and waits up to `within` for the exit.
-    pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> ExitStatus {
+    pub(crate) fn signal_and_wait(&mut self, signal: &str, within: Duration) -> ExitStatus {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
@@ -113,12 +113,12 @@ impl Daemon {
     }
 
     /// What it wrote to stderr so far.
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// GET `path` on the status page.
-    pub fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
         http_request(
             self.http.expect("started without --http"),
             &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
@@ -126,14 +126,14 @@ impl Daemon {
     }
 
     /// `/status.json`, parsed.
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let (code, body) = self.get("/status.json");
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).expect("status.json is JSON")
     }
 
     /// Polls `/status.json` until `pred` holds (≤ `within`); returns the last document.
-    pub fn wait_status(
+    pub(crate) fn wait_status(
         &self,
         within: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
@@ -157,7 +157,7 @@ impl Drop for Daemon {
 }
 
 /// A child process killed on drop (clients started by a test).
-pub struct Guard(pub Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -167,7 +167,7 @@ impl Drop for Guard {
 }
 
 /// Waits for `child` up to `within`.
-pub fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     let end = Instant::now() + within;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -181,7 +181,7 @@ pub fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 }
 
 /// The whitespace-delimited word after `marker` in `line`.
-pub fn word_after<'a>(line: &'a str, marker: &str) -> &'a str {
+pub(crate) fn word_after<'a>(line: &'a str, marker: &str) -> &'a str {
     line.split(marker)
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
@@ -189,7 +189,7 @@ pub fn word_after<'a>(line: &'a str, marker: &str) -> &'a str {
 }
 
 /// Sends a raw request, returns (status code, body).
-pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+pub(crate) fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(request.as_bytes()).expect("write request");
@@ -201,12 +201,16 @@ pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     (code, body)
 }
 
 /// A free loopback port (bound then released; good enough for tests that need a closed port).
-pub fn closed_port() -> SocketAddr {
+pub(crate) fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }

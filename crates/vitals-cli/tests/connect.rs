@@ -1,0 +1,154 @@
+//! `vitals connect`: stdin lines become messages, echoes come back on stdout, events go to stderr,
+//! a broken connection is resumed with nothing lost or doubled, and stdin EOF exits 0.
+
+mod serve_util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serve_util::*;
+
+fn connect(addr: &str) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["connect", addr, "--interval", "200ms", "--timeout", "1s"])
+        .env("RUST_LOG", "warn")
+        .timeout(Duration::from_secs(30));
+    c
+}
+
+#[test]
+fn lines_go_out_and_echoes_come_back_then_eof_exits_0() {
+    let d = Daemon::start(&["--echo", "--interval", "200ms", "--timeout", "1s"]);
+    connect(&d.addr.to_string())
+        .write_stdin("one\ntwo\nthree\n")
+        .assert()
+        .code(0)
+        .stdout("one\ntwo\nthree\n")
+        .stderr(predicate::str::contains(
+            "vitals connect: connected: session ",
+        ));
+}
+
+#[test]
+fn json_codec_sends_objects_and_skips_what_is_not_one() {
+    let d = Daemon::start(&[
+        "--echo",
+        "--codec",
+        "json",
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+    ]);
+    connect(&d.addr.to_string())
+        .args(["--codec", "json"])
+        .write_stdin("{\"a\":1}\nnot json\n{\"b\":[2]}\n")
+        .assert()
+        .code(0)
+        .stdout("{\"a\":1}\n{\"b\":[2]}\n")
+        .stderr(predicate::str::contains("line not sent"));
+}
+
+#[test]
+fn bad_timing_exits_2() {
+    Command::new(bin())
+        .args(["connect", "127.0.0.1:1", "--interval", "200ms", "--timeout", "100ms"])
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--timeout (100ms) must be greater than --interval (200ms)",
+        ));
+}
+
+#[test]
+fn nothing_to_connect_to_exits_1_after_the_eof_timeout() {
+    let addr = closed_port().to_string();
+    connect(&addr)
+        .args(["--eof-timeout", "1s"])
+        .write_stdin("lost\n")
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::contains("reconnecting in"))
+        .stderr(predicate::str::contains(
+            "not connected 1s after stdin ended",
+        ));
+}
+
+#[test]
+fn connections_cut_by_max_age_are_resumed_with_nothing_lost_or_doubled() {
+    // The server ages connections out after ~1s (±10 %); lines typed across several of those cuts
+    // must all come back exactly once and in order.
+    let d = Daemon::start(&[
+        "--echo",
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+        "--max-connection-age",
+        "1s",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "connect",
+            &d.addr.to_string(),
+            "--interval",
+            "200ms",
+            "--timeout",
+            "1s",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut guard = Guard(child);
+    let err_lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let out_lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let n = 60;
+    for i in 0..n {
+        writeln!(stdin, "message {i}").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stdin);
+    let status = wait_within(&mut guard.0, Duration::from_secs(20)).expect("connect exits");
+    let out = out_lines.join().unwrap();
+    let err = err_lines.join().unwrap();
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr:\n{}",
+        err.join("\n")
+    );
+    let expected: Vec<String> = (0..n).map(|i| format!("message {i}")).collect();
+    assert_eq!(out, expected, "stderr:\n{}", err.join("\n"));
+    let resumes = err.iter().filter(|l| l.contains("resumed session")).count();
+    assert!(resumes >= 1, "no resume seen; stderr:\n{}", err.join("\n"));
+    assert!(
+        err.iter().any(|l| l.contains("connection lost: max_age")),
+        "stderr:\n{}",
+        err.join("\n")
+    );
+    let s = d.status();
+    assert!(s["connections"]["resumed"].as_u64() >= Some(1), "{s}");
+    assert_eq!(s["messages"]["received"], n, "{s}");
+}
