@@ -584,7 +584,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = puppet_tx.send(Mode::Freeze);
     let frozen_at = Instant::now();
     demo.note("froze the puppet: it reads and writes nothing, its socket stays open");
-    let slack = g_interval.max(Duration::from_millis(300));
+    // Conviction comes at `timeout` of silence counted from the last byte received (up to one interval
+    // before the freeze); allow one interval or 500 ms of scheduling slack, whichever is larger.
+    let slack = g_interval.max(Duration::from_millis(500));
     demo.wait_until(g_timeout * 2 + Duration::from_secs(1), |s| {
         s.conviction.is_some()
     })
@@ -625,7 +627,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     demo.set_phase("streaming");
     let _ = stream_tx.send(true);
     demo.note(&format!(
-        "every client streams a numbered message each {} ms",
+        "every client streams a numbered message each {} ms (data is a sign of life: pings pause)",
         SEND_EVERY.as_millis()
     ));
     demo.show_for(Duration::from_secs(1)).await;
@@ -689,56 +691,58 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     demo.screen.keep();
 
     let elapsed = demo.elapsed();
-    let s = lock(&st);
-    let lost = s.lost();
-    checks.push(Check {
-        ok: senders_done && s.send_errors == 0,
-        what: format!("every send accepted ({} errors)", s.send_errors),
-    });
-    checks.push(Check {
-        ok: lost == 0 && s.duplicated == 0 && s.reordered == 0 && s.malformed == 0,
-        what: format!(
-            "{} sent, {} received: lost {lost}, duplicated {}, out of order {}",
+    let summary = {
+        let s = lock(&st);
+        let lost = s.lost();
+        checks.push(Check {
+            ok: senders_done && s.send_errors == 0,
+            what: format!("every send accepted ({} errors)", s.send_errors),
+        });
+        checks.push(Check {
+            ok: lost == 0 && s.duplicated == 0 && s.reordered == 0 && s.malformed == 0,
+            what: format!(
+                "{} sent, {} received: lost {lost}, duplicated {}, out of order {}",
+                s.total_sent(),
+                s.total_delivered(),
+                s.duplicated,
+                s.reordered
+            ),
+        });
+        checks.push(Check {
+            ok: s.wrongly_convicted == 0 && s.sessions_lost == 0,
+            what: format!(
+                "no healthy client convicted ({}), no session lost ({})",
+                s.wrongly_convicted, s.sessions_lost
+            ),
+        });
+        checks.push(Check {
+            ok: s.total_sent() > 0,
+            what: "messages streamed".into(),
+        });
+
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| {
+                format!("{:.2}ms", d.as_secs_f64() * 1e3)
+            })
+        };
+        let mut summary = String::new();
+        let _ = write!(
+            summary,
+            "summary: connections={} rtt_p50={} rtt_p99={} conviction={} timeout={} resumes={} replayed={} sent={} received={} lost={lost} duplicated={} elapsed={:.1}s",
+            n + 1,
+            ms(s.pct(0.5)),
+            ms(s.pct(0.99)),
+            conviction_after.map_or("none".to_string(), |d| format!("{:.2}s", d.as_secs_f64())),
+            humantime::format_duration(g_timeout),
+            s.resumes,
+            s.replayed,
             s.total_sent(),
             s.total_delivered(),
             s.duplicated,
-            s.reordered
-        ),
-    });
-    checks.push(Check {
-        ok: s.wrongly_convicted == 0 && s.sessions_lost == 0,
-        what: format!(
-            "no healthy client convicted ({}), no session lost ({})",
-            s.wrongly_convicted, s.sessions_lost
-        ),
-    });
-    checks.push(Check {
-        ok: s.total_sent() > 0,
-        what: "messages streamed".into(),
-    });
-
-    let ms = |d: Option<Duration>| {
-        d.map_or("-".to_string(), |d| {
-            format!("{:.2}ms", d.as_secs_f64() * 1e3)
-        })
+            elapsed.as_secs_f64(),
+        );
+        summary
     };
-    let mut summary = String::new();
-    let _ = write!(
-        summary,
-        "summary: connections={} rtt_p50={} rtt_p99={} conviction={} timeout={} resumes={} replayed={} sent={} received={} lost={lost} duplicated={} elapsed={:.1}s",
-        n + 1,
-        ms(s.pct(0.5)),
-        ms(s.pct(0.99)),
-        conviction_after.map_or("none".to_string(), |d| format!("{:.2}s", d.as_secs_f64())),
-        humantime::format_duration(g_timeout),
-        s.resumes,
-        s.replayed,
-        s.total_sent(),
-        s.total_delivered(),
-        s.duplicated,
-        elapsed.as_secs_f64(),
-    );
-    drop(s);
     println!();
     for c in &checks {
         println!("  {} {}", if c.ok { "✓" } else { "✗" }, c.what);
