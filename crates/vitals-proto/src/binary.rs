@@ -1,15 +1,16 @@
 //! The binary-protocol connection: handshake, liveness, sessions, chunked DATA, lazy acks.
 
 use crate::connection::{Config, Event, Role, SendError};
-use crate::decode::FrameDecoder;
+use crate::decode::parse;
 use crate::error::{DecodeError, SessionError};
-use crate::frame::{self, CloseCode, Frame, FrameType, Hello, VERSION, Welcome};
+use crate::frame::{self, CloseCode, Frame, FrameType, HEADER_LEN, Hello, VERSION, Welcome};
 use crate::liveness::Liveness;
-use crate::policy::{PingEnforcer, PingVerdict, backoff_timing};
+use crate::policy::{PingVerdict, backoff_timing};
 use crate::rtt::RttStats;
-use crate::session::{ResumeToken, Room, Seq, Session, SessionId, SessionKeys};
+use crate::session::{ResumeToken, Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,94 +25,266 @@ enum State {
     Closed,
 }
 
+/// The PONG or ACK that waits inline (no buffer) for `poll_transmit` (our own PING waits
+/// inline with `PING_DUE`); later ones, and the rare big ones (HELLO, WELCOME, CLOSE), wait
+/// encoded in `Cold::spill`, after the inline ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctl {
+    None,
+    Ping,
+    Pong,
+    Ack,
+}
+
+/// Flags (bits of `Binary::flags`).
+const RESUMING: u8 = 1;
+const CONFIRMED: u8 = 2;
+const BACKOFF: u8 = 4;
+const HAS_SESSION: u8 = 8;
+/// An `Event::Rtt` with the current statistics is the first queued event.
+const RTT_EVENT: u8 = 16;
+/// Our newest PING (`Liveness::last_ping_made`) waits inline too, beside the inline control
+/// frame, so that a PONG and our own PING due in the same wake-up need no buffer either...
+const PING_DUE: u8 = 32;
+/// ...before the inline frame if this is set, after it otherwise.
+const PING_FIRST: u8 = 64;
+
+/// State that is empty while a connection idles (between heartbeats nothing of it is needed):
+/// boxed, allocated when something needs it, and released as soon as all of it is empty again.
+#[derive(Debug, Default)]
+struct Cold {
+    /// Events after the inline `Rtt` one.
+    events: VecDeque<Event>,
+    /// Encoded control frames after the inline one.
+    spill: Vec<u8>,
+    /// The undecoded prefix of a frame split across reads.
+    tail: Vec<u8>,
+    /// Chunks of a DATA message received so far.
+    reasm: Vec<u8>,
+    /// When a held-back ACK must go out (ns since the epoch).
+    ack_due: Option<u64>,
+    /// Server: a resume asked for (id, token, client's receive point), until resolved.
+    resume: Option<(SessionId, ResumeToken, u64)>,
+    /// (next seq to transmit, offset in it) unless that is (send_next, 0).
+    tx: Option<(u64, usize)>,
+    /// The `session` part of the connection's own config, when the session it runs came with
+    /// different bounds (a resumed session keeps its own; see `adopt`).
+    own_session_cfg: Option<SessionConfig>,
+}
+
+impl Cold {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.spill.is_empty()
+            && self.tail.is_empty()
+            && self.reasm.is_empty()
+            && self.ack_due.is_none()
+            && self.resume.is_none()
+            && self.tx.is_none()
+            && self.own_session_cfg.is_none()
+    }
+}
+
+/// A binary-protocol connection: 200 bytes, and no heap of its own while it idles.
 #[derive(Debug)]
 pub(crate) struct Binary {
-    role: Role,
-    state: State,
-    cfg: Config,
-    epoch: Instant,
-    decoder: FrameDecoder,
+    /// Always present (it carries the shared config); `HAS_SESSION` says whether it is the
+    /// connection's session (a server has none before HELLO, nor after a failed resume or
+    /// `take_session`). Before HELLO a server keeps its fresh keys here.
+    session: Session,
     live: Liveness,
-    enforcer: PingEnforcer,
-    session: Option<Session>,
-    /// Client: asked to resume. Server: keys for a new session.
-    resuming: bool,
-    fresh: Option<SessionKeys>,
-    /// Server: the client demonstrably holds the session (it resumed it, or sent a frame after
-    /// our WELCOME). Until then `send` is refused: a message queued in a session the client may
-    /// never learn about could never be delivered. Always true for clients.
-    confirmed: bool,
-    pending_resume: Option<(SessionId, ResumeToken, u64)>,
-    control: Vec<u8>,
-    tx_seq: u64,
-    tx_off: usize,
-    reasm: Vec<u8>,
-    ack_due: Option<Instant>,
-    events: VecDeque<Event>,
-    backoff: bool,
+    /// Payload of the inline control frame: PING/PONG timestamp, or ACK's next seq.
+    ctl_val: u64,
+    cold: Option<Box<Cold>>,
+    /// Nonce of the inline PING/PONG.
+    ctl_nonce: u32,
+    ctl: Ctl,
+    state: State,
+    role: Role,
+    flags: u8,
 }
 
 fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
+fn zero_keys() -> SessionKeys {
+    SessionKeys {
+        id: SessionId(0),
+        token: ResumeToken::from_bytes([0; 16]),
+    }
+}
+
 impl Binary {
-    fn base(now: Instant, role: Role, cfg: Config, state: State) -> Binary {
+    fn base(now: Instant, role: Role, session: Session, state: State) -> Binary {
+        let live = Liveness::new(now, &session.shared_config().liveness);
         Binary {
-            role,
+            session,
+            live,
+            ctl_val: 0,
+            cold: None,
+            ctl_nonce: 0,
+            ctl: Ctl::None,
             state,
-            cfg,
-            epoch: now,
-            decoder: FrameDecoder::new(cfg.limits),
-            live: Liveness::new(now, cfg.liveness),
-            enforcer: PingEnforcer::default(),
-            session: None,
-            resuming: false,
-            fresh: None,
-            confirmed: role == Role::Client,
-            pending_resume: None,
-            control: Vec::new(),
-            tx_seq: 0,
-            tx_off: 0,
-            reasm: Vec::new(),
-            ack_due: None,
-            events: VecDeque::new(),
-            backoff: false,
+            role,
+            flags: if role == Role::Client { CONFIRMED } else { 0 },
         }
     }
 
-    pub(crate) fn client(now: Instant, cfg: Config, session: Option<Session>) -> Binary {
-        let mut b = Binary::base(now, Role::Client, cfg, State::AwaitWelcome);
+    pub(crate) fn client(now: Instant, cfg: Arc<Config>, session: Option<Session>) -> Binary {
         let resume = session
             .as_ref()
             .filter(|s| s.is_established())
             .map(|s| (s.id(), s.keys().token, s.recv_next().0));
-        b.resuming = resume.is_some();
-        b.session = Some(session.unwrap_or_else(|| {
-            Session::new(
-                SessionKeys {
-                    id: SessionId(0),
-                    token: ResumeToken::from_bytes([0; 16]),
-                },
-                cfg.session,
-            )
-        }));
-        frame::encode_hello(
-            &mut b.control,
-            &Hello {
-                version: VERSION,
-                interval_ms: ms(cfg.liveness.interval),
-                timeout_ms: ms(cfg.liveness.timeout),
-                resume,
-            },
+        let mut b = Binary::base(
+            now,
+            Role::Client,
+            Session::with_config(zero_keys(), cfg),
+            State::AwaitWelcome,
         );
+        if let Some(s) = session {
+            b.adopt(s);
+        }
+        b.flags |= HAS_SESSION;
+        if resume.is_some() {
+            b.flags |= RESUMING;
+        }
+        let cfg = b.cfg();
+        let hello = Hello {
+            version: VERSION,
+            interval_ms: ms(cfg.liveness.interval),
+            timeout_ms: ms(cfg.liveness.timeout),
+            resume,
+        };
+        frame::encode_hello(&mut b.cold_mut().spill, &hello);
         b
     }
 
-    pub(crate) fn server(now: Instant, cfg: Config, fresh: SessionKeys) -> Binary {
-        let mut b = Binary::base(now, Role::Server, cfg, State::AwaitHello);
-        b.fresh = Some(fresh);
-        b
+    pub(crate) fn server(now: Instant, cfg: Arc<Config>, fresh: SessionKeys) -> Binary {
+        Binary::base(
+            now,
+            Role::Server,
+            Session::with_config(fresh, cfg),
+            State::AwaitHello,
+        )
+    }
+
+    /// Run `s` as this connection's session. The session keeps its own bounds (its `session`
+    /// config); everything else follows this connection's config. Both live in one shared
+    /// config, which is this connection's own unless the bounds differ.
+    fn adopt(&mut self, mut s: Session) {
+        let conn = self.session.shared_config();
+        if !Arc::ptr_eq(s.shared_config(), conn) {
+            if conn.session == *s.config() {
+                s.set_shared_config(conn.clone());
+            } else {
+                let own = conn.session;
+                s.set_shared_config(Arc::new(Config {
+                    session: *s.config(),
+                    ..**conn
+                }));
+                let c = self.cold_mut();
+                c.own_session_cfg = Some(c.own_session_cfg.unwrap_or(own));
+            }
+        }
+        self.session = s;
+    }
+
+    fn cfg(&self) -> &Config {
+        self.session.shared_config()
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn session(&self) -> Option<&Session> {
+        self.has(HAS_SESSION).then_some(&self.session)
+    }
+
+    fn session_mut(&mut self) -> Option<&mut Session> {
+        self.has(HAS_SESSION).then_some(&mut self.session)
+    }
+
+    fn cold_mut(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Release the cold state once it holds nothing.
+    fn tidy(&mut self) {
+        let send_next = self.session.send_next().0;
+        if let Some(c) = self.cold.as_deref_mut() {
+            if c.tx == Some((send_next, 0)) {
+                c.tx = None;
+            }
+            if c.is_empty() {
+                self.cold = None;
+            }
+        }
+    }
+
+    /// (next seq to transmit, offset in it).
+    fn tx(&self) -> (u64, usize) {
+        self.cold
+            .as_deref()
+            .and_then(|c| c.tx)
+            .unwrap_or((self.session.send_next().0, 0))
+    }
+
+    fn set_tx(&mut self, seq: u64, off: usize) {
+        if (seq, off) == (self.session.send_next().0, 0) {
+            if let Some(c) = self.cold.as_deref_mut() {
+                c.tx = None;
+            }
+        } else {
+            self.cold_mut().tx = Some((seq, off));
+        }
+    }
+
+    fn push_event(&mut self, e: Event) {
+        self.cold_mut().events.push_back(e);
+    }
+
+    /// Queue a control frame (a PING must be the one `make_ping` just made).
+    fn queue_ctl(&mut self, ctl: Ctl, nonce: u32, val: u64) {
+        let spill_empty = self.cold.as_deref().is_none_or(|c| c.spill.is_empty());
+        if spill_empty && ctl == Ctl::Ping && !self.has(PING_DUE) {
+            self.flags |= PING_DUE;
+            if self.ctl == Ctl::None {
+                self.flags |= PING_FIRST;
+            }
+        } else if spill_empty && ctl != Ctl::Ping && self.ctl == Ctl::None {
+            self.ctl = ctl;
+            self.ctl_nonce = nonce;
+            self.ctl_val = val;
+        } else {
+            encode_ctl(&mut self.cold_mut().spill, ctl, nonce, val);
+        }
+    }
+
+    /// Append the inline control frames, in the order they were queued, and clear them.
+    fn take_inline_ctl(&mut self, out: &mut Vec<u8>) {
+        let ping = self.has(PING_DUE).then(|| self.live.last_ping_made());
+        let ping_first = self.has(PING_FIRST);
+        self.flags &= !(PING_DUE | PING_FIRST);
+        if let (Some((nonce, ts)), true) = (ping, ping_first) {
+            frame::encode_ping(out, FrameType::Ping, nonce, ts);
+        }
+        encode_ctl(out, self.ctl, self.ctl_nonce, self.ctl_val);
+        self.ctl = Ctl::None;
+        if let (Some((nonce, ts)), false) = (ping, ping_first) {
+            frame::encode_ping(out, FrameType::Ping, nonce, ts);
+        }
+    }
+
+    /// Move a due PING (and the inline frame) to the front of the spill, where they belong in
+    /// order, before the liveness state the PING is read from changes.
+    fn pin_due_ping(&mut self) {
+        if self.has(PING_DUE) {
+            let mut inline = Vec::with_capacity(2 * (frame::HEADER_LEN + frame::PING_LEN));
+            self.take_inline_ctl(&mut inline);
+            self.cold_mut().spill.splice(0..0, inline);
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -119,11 +292,17 @@ impl Binary {
     }
 
     pub(crate) fn rtt(&self) -> RttStats {
-        *self.live.rtt()
+        self.live.rtt()
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        if self.has(RTT_EVENT) {
+            self.flags &= !RTT_EVENT;
+            return Some(Event::Rtt(self.live.rtt()));
+        }
+        let e = self.cold.as_deref_mut()?.events.pop_front();
+        self.tidy();
+        e
     }
 
     pub(crate) fn close(&mut self, code: CloseCode, reason: &str, by_peer: bool) {
@@ -131,10 +310,10 @@ impl Binary {
             return;
         }
         if !by_peer {
-            frame::encode_close(&mut self.control, code, reason);
+            frame::encode_close(&mut self.cold_mut().spill, code, reason);
         }
         self.state = State::Closed;
-        self.events.push_back(Event::Closed {
+        self.push_event(Event::Closed {
             code,
             reason: reason.to_owned(),
             by_peer,
@@ -155,35 +334,78 @@ impl Binary {
         self.close(code, &e.to_string(), false);
     }
 
-    pub(crate) fn handle_input(&mut self, now: Instant, mut data: &[u8]) {
+    pub(crate) fn handle_input(&mut self, now: Instant, data: &[u8]) {
         if self.state == State::Closed || data.is_empty() {
             return;
         }
+        let now = self.live.ns(now);
         self.live.on_recv(now);
-        loop {
-            let n = self.decoder.space().min(data.len());
-            let (chunk, rest) = data.split_at(n);
-            if let Err(e) = self.decoder.push(chunk) {
-                return self.fail_decode(e);
-            }
-            data = rest;
-            loop {
-                match self.decoder.next_frame() {
-                    Ok(Some(f)) => self.on_frame(now, f),
-                    Ok(None) => break,
+        self.decode(now, data);
+        self.tidy();
+    }
+
+    /// Decode frames straight from `data`, buffering only the prefix of a frame that is not
+    /// complete yet. The outcome is that of a decoder holding at most `max_buffered` bytes
+    /// (see `FrameDecoder`): a frame is decoded when it fits in `max_buffered`, and the
+    /// connection fails with `BufferFull` once more than that of a frame's bytes are at hand.
+    fn decode(&mut self, now: u64, mut data: &[u8]) {
+        let limits = self.cfg().limits;
+        let max = limits.max_buffered;
+        // First complete a frame begun in an earlier input.
+        if let Some(c) = self.cold.as_deref_mut()
+            && !c.tail.is_empty()
+        {
+            let frame = loop {
+                let tail = &mut c.tail;
+                let want = match tail.get(1..HEADER_LEN) {
+                    Some(len) => {
+                        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                        (HEADER_LEN + len as usize).saturating_sub(tail.len())
+                    }
+                    None => HEADER_LEN - tail.len(),
+                };
+                let take = want.min(max.saturating_sub(tail.len())).min(data.len());
+                let (head, rest) = data.split_at(take);
+                tail.extend_from_slice(head);
+                data = rest;
+                match parse(tail, limits.max_frame_size) {
                     Err(e) => return self.fail_decode(e),
+                    Ok(Some((f, _))) => {
+                        tail.clear();
+                        break f;
+                    }
+                    Ok(None) if data.is_empty() => return,
+                    Ok(None) if tail.len() >= max => {
+                        let buffered = tail.len() + data.len();
+                        return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                    }
+                    Ok(None) => {}
                 }
-                if self.state == State::Closed {
-                    return;
-                }
-            }
-            if data.is_empty() {
+            };
+            self.on_frame(now, frame);
+            if self.state == State::Closed {
                 return;
             }
-            if self.decoder.space() == 0 {
-                // A frame larger than the buffer can never complete.
-                if let Err(e) = self.decoder.push(data) {
-                    return self.fail_decode(e);
+        }
+        while !data.is_empty() {
+            let window = data.get(..max).unwrap_or(data);
+            match parse(window, limits.max_frame_size) {
+                Err(e) => return self.fail_decode(e),
+                Ok(Some((f, used))) => {
+                    data = data.get(used..).unwrap_or(&[]);
+                    self.on_frame(now, f);
+                    if self.state == State::Closed {
+                        return;
+                    }
+                }
+                Ok(None) if data.len() > max => {
+                    // The frame does not fit in the buffer and more than that is at hand.
+                    let buffered = data.len();
+                    return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                }
+                Ok(None) => {
+                    self.cold_mut().tail.extend_from_slice(data);
+                    return;
                 }
             }
         }
@@ -194,7 +416,7 @@ impl Binary {
         self.close(CloseCode::ProtocolError, &reason, false);
     }
 
-    fn on_frame(&mut self, now: Instant, f: Frame) {
+    fn on_frame(&mut self, now: u64, f: Frame) {
         let ty = f.frame_type();
         if self.state == State::AwaitConfirm && !matches!(f, Frame::Close { .. }) {
             // Only a client that received our WELCOME sends anything but CLOSE after HELLO.
@@ -203,15 +425,13 @@ impl Binary {
         match (f, self.state) {
             (Frame::Close { code, reason }, _) => {
                 if code == CloseCode::TooManyPings && self.role == Role::Client {
-                    self.backoff = true;
+                    self.flags |= BACKOFF;
                 }
                 self.close(code, &reason, true);
             }
-            (Frame::Hello(h), State::AwaitHello) if self.role == Role::Server => {
-                self.on_hello(now, h)
-            }
+            (Frame::Hello(h), State::AwaitHello) if self.role == Role::Server => self.on_hello(h),
             (Frame::Welcome(w), State::AwaitWelcome) if self.role == Role::Client => {
-                self.on_welcome(now, w)
+                self.on_welcome(w)
             }
             (
                 Frame::Ping {
@@ -222,15 +442,11 @@ impl Binary {
             ) => {
                 self.live.on_heartbeat();
                 if self.role == Role::Server {
-                    let policy = self.cfg.policy;
-                    match self.enforcer.on_ping(
-                        now,
-                        self.live.config().interval,
-                        policy.max_ping_strikes,
-                    ) {
+                    let max = self.cfg().policy.max_ping_strikes;
+                    match self.live.on_peer_ping(now, max) {
                         PingVerdict::Ok => {}
                         PingVerdict::Strike(strikes) => {
-                            self.events.push_back(Event::PingStrike { strikes })
+                            self.push_event(Event::PingStrike { strikes })
                         }
                         PingVerdict::TooMany => {
                             return self.close(
@@ -241,7 +457,7 @@ impl Binary {
                         }
                     }
                 }
-                frame::encode_ping(&mut self.control, FrameType::Pong, nonce, timestamp_us);
+                self.queue_ctl(Ctl::Pong, nonce, timestamp_us);
             }
             (
                 Frame::Pong {
@@ -251,12 +467,19 @@ impl Binary {
                 State::Open,
             ) => {
                 self.live.on_heartbeat();
-                if self
-                    .live
-                    .on_pong(now, self.epoch, nonce, timestamp_us)
-                    .is_some()
-                {
-                    self.events.push_back(Event::Rtt(*self.live.rtt()));
+                if self.has(RTT_EVENT) {
+                    // The queued Rtt event reports the statistics as they are now: fix them
+                    // before this sample changes them.
+                    self.flags &= !RTT_EVENT;
+                    let e = Event::Rtt(self.live.rtt());
+                    self.cold_mut().events.push_front(e);
+                }
+                if self.live.on_pong(now, nonce, timestamp_us).is_some() {
+                    if self.cold.as_deref().is_none_or(|c| c.events.is_empty()) {
+                        self.flags |= RTT_EVENT;
+                    } else {
+                        self.push_event(Event::Rtt(self.live.rtt()));
+                    }
                 }
             }
             (Frame::Ack { next }, State::Open) => self.on_peer_ack(next),
@@ -278,33 +501,34 @@ impl Binary {
         }
     }
 
-    fn on_hello(&mut self, now: Instant, h: Hello) {
+    fn on_hello(&mut self, h: Hello) {
         if h.version != VERSION {
             let reason = format!("version {} not supported (speaks {VERSION})", h.version);
             return self.close(CloseCode::VersionMismatch, &reason, false);
         }
-        let (interval, timeout) = self.cfg.policy.grant(
+        let (interval, timeout) = self.cfg().policy.grant(
             Duration::from_millis(u64::from(h.interval_ms)),
             Duration::from_millis(u64::from(h.timeout_ms)),
         );
         self.live.set_timing(interval, timeout);
         if let Some((id, token, ack)) = h.resume {
-            self.pending_resume = Some((id, token, ack));
+            self.cold_mut().resume = Some((id, token, ack));
             self.state = State::AwaitResume;
-            self.events
-                .push_back(Event::ResumeRequested { session: id });
+            self.push_event(Event::ResumeRequested { session: id });
             return;
         }
-        let keys = self.fresh.take().unwrap_or(SessionKeys {
-            id: SessionId(0),
-            token: ResumeToken::from_bytes([0; 16]),
-        });
-        self.session = Some(Session::new(keys, self.cfg.session));
-        self.open(now, false);
+        // The session made at construction, with the fresh keys.
+        self.flags |= HAS_SESSION;
+        self.open(false);
     }
 
     pub(crate) fn resolve_resume(&mut self, now: Instant, store: &mut dyn SessionStore) {
-        let Some((id, token, ack)) = self.pending_resume.take() else {
+        self.resolve(now, store);
+        self.tidy();
+    }
+
+    fn resolve(&mut self, now: Instant, store: &mut dyn SessionStore) {
+        let Some((id, token, ack)) = self.cold.as_deref_mut().and_then(|c| c.resume.take()) else {
             return;
         };
         if self.state != State::AwaitResume {
@@ -325,24 +549,22 @@ impl Binary {
             store.put(s);
             return self.fail_session(e);
         }
-        self.session = Some(s);
-        self.open(now, true);
+        self.adopt(s);
+        self.flags |= HAS_SESSION;
+        self.open(true);
     }
 
     /// Server side: send WELCOME and open.
-    fn open(&mut self, _now: Instant, resumed: bool) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
+    fn open(&mut self, resumed: bool) {
+        let s = &mut self.session;
         s.attach();
         let keys = s.keys();
         let ack = s.recv_next().0;
-        self.tx_seq = s.peer_acked();
-        self.tx_off = 0;
-        let cfg = self.live.config();
-        let (interval, timeout) = (cfg.interval, cfg.timeout);
+        let acked = s.peer_acked();
+        self.set_tx(acked, 0);
+        let (interval, timeout) = (self.live.interval(), self.live.timeout());
         frame::encode_welcome(
-            &mut self.control,
+            &mut self.cold_mut().spill,
             &Welcome {
                 version: VERSION,
                 resumed,
@@ -356,8 +578,8 @@ impl Binary {
         if resumed {
             // The client presented this session's id and token: it holds the session.
             self.state = State::Open;
-            self.confirmed = true;
-            self.events.push_back(Event::Connected {
+            self.flags |= CONFIRMED;
+            self.push_event(Event::Connected {
                 session: keys.id,
                 resumed,
                 interval,
@@ -371,22 +593,22 @@ impl Binary {
     /// Server, new session: the client's first frame after WELCOME arrived, so it holds the
     /// session id and token and can resume it. Now the session is open for `send`.
     fn confirm(&mut self) {
-        let Some(s) = self.session.as_ref() else {
+        let Some(s) = self.session() else {
             return;
         };
         let session = s.id();
         self.state = State::Open;
-        self.confirmed = true;
-        let cfg = self.live.config();
-        self.events.push_back(Event::Connected {
+        self.flags |= CONFIRMED;
+        let (interval, timeout) = (self.live.interval(), self.live.timeout());
+        self.push_event(Event::Connected {
             session,
             resumed: false,
-            interval: cfg.interval,
-            timeout: cfg.timeout,
+            interval,
+            timeout,
         });
     }
 
-    fn on_welcome(&mut self, _now: Instant, w: Welcome) {
+    fn on_welcome(&mut self, w: Welcome) {
         if w.version != VERSION {
             let reason = format!("version {} not supported (speaks {VERSION})", w.version);
             return self.close(CloseCode::VersionMismatch, &reason, false);
@@ -398,7 +620,7 @@ impl Binary {
             );
             return self.close(CloseCode::ProtocolError, &reason, false);
         }
-        if w.resumed != self.resuming {
+        if w.resumed != self.has(RESUMING) {
             return self.close(
                 CloseCode::ProtocolError,
                 "WELCOME resume flag does not match HELLO",
@@ -407,7 +629,7 @@ impl Binary {
         }
         let interval = Duration::from_millis(u64::from(w.interval_ms));
         let timeout = Duration::from_millis(u64::from(w.timeout_ms));
-        let Some(s) = self.session.as_mut() else {
+        let Some(s) = self.session_mut() else {
             return;
         };
         if w.resumed {
@@ -428,17 +650,17 @@ impl Binary {
             });
         }
         s.attach();
+        let acked = s.peer_acked();
         if !w.resumed {
             // Completes the handshake: tells the server we hold the new session (see
             // `State::AwaitConfirm`). Control frames go first, so this precedes any DATA.
             let next = s.ack_sending();
-            frame::encode_ack(&mut self.control, next);
+            self.queue_ctl(Ctl::Ack, 0, next);
         }
-        self.tx_seq = s.peer_acked();
-        self.tx_off = 0;
+        self.set_tx(acked, 0);
         self.live.set_timing(interval, timeout);
         self.state = State::Open;
-        self.events.push_back(Event::Connected {
+        self.push_event(Event::Connected {
             session: w.session_id,
             resumed: w.resumed,
             interval,
@@ -448,22 +670,23 @@ impl Binary {
 
     fn on_peer_ack(&mut self, next: u64) {
         // The peer cannot acknowledge what this connection has not started transmitting.
-        let limit = self.tx_seq + u64::from(self.tx_off > 0);
+        let (tx_seq, tx_off) = self.tx();
+        let limit = tx_seq + u64::from(tx_off > 0);
         if next > limit {
             return self.fail_session(SessionError::BadAck {
                 acked: next,
                 sent: limit,
             });
         }
-        if let Some(s) = self.session.as_mut()
+        if let Some(s) = self.session_mut()
             && let Err(e) = s.on_ack(next)
         {
             self.fail_session(e);
         }
     }
 
-    fn on_data(&mut self, now: Instant, seq: u64, fin: bool, payload: Vec<u8>) {
-        let Some(s) = self.session.as_mut() else {
+    fn on_data(&mut self, now: u64, seq: u64, fin: bool, payload: Vec<u8>) {
+        let Some(s) = self.session() else {
             return;
         };
         match s.classify(seq) {
@@ -472,33 +695,41 @@ impl Binary {
             Ok(crate::session::Incoming::Next) => {}
         }
         let max = s.config().max_message_size;
-        if self.reasm.len().saturating_add(payload.len()) > max {
+        let reasm = self.cold.as_deref().map_or(0, |c| c.reasm.len());
+        if reasm.saturating_add(payload.len()) > max {
             return self.fail_session(SessionError::MessageTooLarge { max });
         }
         if !fin {
-            self.reasm.extend_from_slice(&payload);
+            self.cold_mut().reasm.extend_from_slice(&payload);
             return;
         }
-        let msg = if self.reasm.is_empty() {
+        let msg = if reasm == 0 {
             payload
         } else {
-            self.reasm.extend_from_slice(&payload);
-            std::mem::take(&mut self.reasm)
+            let c = self.cold_mut();
+            c.reasm.extend_from_slice(&payload);
+            std::mem::take(&mut c.reasm)
         };
+        let s = &mut self.session;
         s.delivered();
         let owed = s.ack_owed();
         let every = u64::from(s.config().ack_every.max(1));
-        let delay = s.config().ack_delay;
-        self.events.push_back(Event::Message {
+        let delay = crate::liveness::nanos(s.config().ack_delay);
+        self.push_event(Event::Message {
             seq: Seq(seq),
             payload: msg,
         });
         if owed >= every {
-            let next = s.ack_sending();
-            frame::encode_ack(&mut self.control, next);
-            self.ack_due = None;
-        } else if self.ack_due.is_none() {
-            self.ack_due = Some(now + delay);
+            let next = self.session.ack_sending();
+            self.queue_ctl(Ctl::Ack, 0, next);
+            if let Some(c) = self.cold.as_deref_mut() {
+                c.ack_due = None;
+            }
+        } else {
+            let c = self.cold_mut();
+            if c.ack_due.is_none() {
+                c.ack_due = Some(now.saturating_add(delay));
+            }
         }
     }
 
@@ -506,42 +737,52 @@ impl Binary {
         if self.state == State::Closed {
             return;
         }
-        if self.ack_due.is_some_and(|d| now >= d) {
-            self.ack_due = None;
-            if let Some(s) = self.session.as_mut()
-                && self.state == State::Open
+        self.on_timeout(now);
+        self.tidy();
+    }
+
+    fn on_timeout(&mut self, now_i: Instant) {
+        self.pin_due_ping();
+        let now = self.live.ns(now_i);
+        if let Some(c) = self.cold.as_deref_mut()
+            && c.ack_due.is_some_and(|d| now >= d)
+        {
+            c.ack_due = None;
+            if self.state == State::Open
+                && let Some(s) = self.session_mut()
                 && s.ack_owed() > 0
             {
                 let next = s.ack_sending();
-                frame::encode_ack(&mut self.control, next);
+                self.queue_ctl(Ctl::Ack, 0, next);
             }
         }
         if self
-            .session
-            .as_ref()
+            .session()
             .and_then(Session::age_deadline)
-            .is_some_and(|d| now >= d)
+            .is_some_and(|d| now_i >= d)
         {
             return self.fail_session(SessionError::Expired);
         }
-        let asked = self.live.deadline();
-        let v = self.live.on_timeout(now);
+        let asked = self.live.deadline_ns();
+        let v = self
+            .live
+            .on_timeout(now, self.cfg().liveness.stall_tolerance);
         if v.stalled {
-            self.events.push_back(Event::Stalled {
-                late_by: now.saturating_duration_since(asked),
+            self.push_event(Event::Stalled {
+                late_by: Duration::from_nanos(now.saturating_sub(asked)),
             });
         }
         if let Some(silent_for) = v.dead {
-            self.events.push_back(Event::Dead { silent_for });
+            self.push_event(Event::Dead { silent_for });
             let reason = format!("peer silent for {silent_for:?}");
             return self.close(CloseCode::Timeout, &reason, false);
         }
         if let Some(phi) = v.suspect {
-            self.events.push_back(Event::Suspect { phi });
+            self.push_event(Event::Suspect { phi });
         }
         if v.ping && matches!(self.state, State::Open | State::AwaitConfirm) {
-            let (nonce, ts) = self.live.make_ping(now, self.epoch);
-            frame::encode_ping(&mut self.control, FrameType::Ping, nonce, ts);
+            let (nonce, ts) = self.live.make_ping(now);
+            self.queue_ctl(Ctl::Ping, nonce, ts);
         }
     }
 
@@ -549,11 +790,12 @@ impl Binary {
         if self.state == State::Closed {
             return None;
         }
-        let mut d = self.live.deadline();
-        if let Some(a) = self.ack_due {
+        let mut d = self.live.deadline_ns();
+        if let Some(a) = self.cold.as_deref().and_then(|c| c.ack_due) {
             d = d.min(a);
         }
-        if let Some(a) = self.session.as_ref().and_then(Session::age_deadline) {
+        let mut d = self.live.instant(d);
+        if let Some(a) = self.session().and_then(Session::age_deadline) {
             d = d.min(a);
         }
         Some(d)
@@ -564,73 +806,99 @@ impl Binary {
     }
 
     pub(crate) fn room_for(&self, len: usize) -> Room {
-        match self.session.as_ref() {
-            Some(s) if self.confirmed => s.room_for(len),
+        match self.session() {
+            Some(s) if self.has(CONFIRMED) => s.room_for(len),
             Some(s) if s.room_for(len) == Room::Never => Room::Never,
             _ => Room::Later,
         }
     }
 
     pub(crate) fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {
-        if !self.confirmed {
+        if !self.has(CONFIRMED) || !self.has(HAS_SESSION) {
             return Err(SendError::NoSession);
         }
-        let s = self.session.as_mut().ok_or(SendError::NoSession)?;
-        Ok(s.push(now, payload)?)
+        // `tx` defaults to `send_next`, which is about to move: pin it first.
+        let tx = self.tx();
+        self.cold_mut().tx = Some(tx);
+        let r = self.session.push(now, payload);
+        self.tidy();
+        Ok(r?)
     }
 
     pub(crate) fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
         let before = out.len();
-        out.extend_from_slice(&self.control);
-        self.control.clear();
-        if self.state != State::Open {
-            return out.len() - before;
+        self.take_inline_ctl(out);
+        if let Some(c) = self.cold.as_deref_mut() {
+            out.extend_from_slice(&c.spill);
+            c.spill.clear();
         }
-        let Some(s) = self.session.as_mut() else {
-            return out.len() - before;
-        };
-        if s.payload(self.tx_seq).is_none() {
-            return out.len() - before;
+        self.transmit_data(out);
+        self.tidy();
+        out.len() - before
+    }
+
+    fn transmit_data(&mut self, out: &mut Vec<u8>) {
+        if self.state != State::Open || !self.has(HAS_SESSION) {
+            return;
+        }
+        let (tx_seq, tx_off) = self.tx();
+        let chunk_size = self.cfg().chunk_size.max(1);
+        let s = &mut self.session;
+        if s.payload(tx_seq).is_none() {
+            return;
         }
         let ack = s.ack_sending();
-        let Some(p) = s.payload(self.tx_seq) else {
-            return out.len() - before;
+        let Some(p) = s.payload(tx_seq) else {
+            return;
         };
-        let end = self
-            .tx_off
-            .saturating_add(self.cfg.chunk_size.max(1))
-            .min(p.len());
-        let chunk = p.get(self.tx_off..end).unwrap_or(&[]);
+        let end = tx_off.saturating_add(chunk_size).min(p.len());
+        let chunk = p.get(tx_off..end).unwrap_or(&[]);
         let fin = end >= p.len();
-        let seq = self.tx_seq;
-        frame::encode_data(out, seq, ack, fin, chunk);
-        self.ack_due = None;
-        if fin {
-            self.tx_seq += 1;
-            self.tx_off = 0;
-        } else {
-            self.tx_off = end;
+        frame::encode_data(out, tx_seq, ack, fin, chunk);
+        if let Some(c) = self.cold.as_deref_mut() {
+            c.ack_due = None;
         }
-        out.len() - before
+        if fin {
+            self.set_tx(tx_seq + 1, 0);
+        } else {
+            self.set_tx(tx_seq, end);
+        }
     }
 
     pub(crate) fn take_session(&mut self, now: Instant) -> Option<Session> {
         if self.state != State::Closed {
             self.close(CloseCode::Normal, "session detached", false);
         }
-        let mut s = self.session.take()?;
+        if !self.has(HAS_SESSION) {
+            return None;
+        }
+        self.flags &= !HAS_SESSION;
+        let placeholder = Session::with_config(zero_keys(), self.session.shared_config().clone());
+        let mut s = std::mem::replace(&mut self.session, placeholder);
         s.detach(now);
+        self.tidy();
         Some(s)
     }
 
     pub(crate) fn reconnect_config(&self) -> Config {
-        let mut cfg = self.cfg;
-        if self.backoff {
-            let l = self.live.config();
-            let (i, t) = backoff_timing(l.interval, l.timeout);
+        let mut cfg = *self.cfg();
+        if let Some(own) = self.cold.as_deref().and_then(|c| c.own_session_cfg) {
+            cfg.session = own;
+        }
+        if self.has(BACKOFF) {
+            let (i, t) = backoff_timing(self.live.interval(), self.live.timeout());
             cfg.liveness.interval = i;
             cfg.liveness.timeout = t;
         }
         cfg
+    }
+}
+
+fn encode_ctl(out: &mut Vec<u8>, ctl: Ctl, nonce: u32, val: u64) {
+    match ctl {
+        Ctl::None => {}
+        Ctl::Ping => frame::encode_ping(out, FrameType::Ping, nonce, val),
+        Ctl::Pong => frame::encode_ping(out, FrameType::Pong, nonce, val),
+        Ctl::Ack => frame::encode_ack(out, val),
     }
 }

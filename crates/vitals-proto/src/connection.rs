@@ -25,6 +25,7 @@ use crate::policy::ServerPolicy;
 use crate::rtt::RttStats;
 use crate::session::{Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Which side of the connection this is.
@@ -178,14 +179,51 @@ enum Inner {
 }
 
 /// One connection's protocol state. See the module docs for the polling order.
+///
+/// # Memory
+/// A connection is a pointer to its state (200 bytes in binary mode, 168 in JSON mode) and
+/// holds nothing else on the heap while it idles between heartbeats: buffers, event queues and
+/// the replay buffer exist only while they hold something, and a heartbeat allocates nothing.
+/// The configuration is shared: constructors take `impl Into<Arc<Config>>`, so one
+/// `Arc<Config>` can serve every connection; a `Config` passed by value is shared with the
+/// previous connection's when they are equal.
 #[derive(Debug)]
 pub struct Connection {
     inner: Inner,
 }
 
+/// The last config handed out, so that connections built from equal configs passed by value
+/// share one allocation (the caller's `Arc` is used as is when it is already shared).
+fn share<T: PartialEq>(cfg: Arc<T>, last: &Mutex<Weak<T>>) -> Arc<T> {
+    if Arc::strong_count(&cfg) > 1 || Arc::weak_count(&cfg) > 0 {
+        return cfg;
+    }
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(prev) = last.upgrade()
+        && *prev == *cfg
+    {
+        return prev;
+    }
+    *last = Arc::downgrade(&cfg);
+    cfg
+}
+
+fn shared_config(cfg: impl Into<Arc<Config>>) -> Arc<Config> {
+    static LAST: Mutex<Weak<Config>> = Mutex::new(Weak::new());
+    share(cfg.into(), &LAST)
+}
+
+fn shared_json_config(cfg: impl Into<Arc<JsonConfig>>) -> Arc<JsonConfig> {
+    static LAST: Mutex<Weak<JsonConfig>> = Mutex::new(Weak::new());
+    share(cfg.into(), &LAST)
+}
+
 impl Connection {
     /// A client starting a new session (sends HELLO).
-    pub fn client(now: Instant, cfg: Config) -> Connection {
+    pub fn client(now: Instant, cfg: impl Into<Arc<Config>>) -> Connection {
+        let cfg = shared_config(cfg);
         Connection {
             inner: Inner::Binary(Box::new(Binary::client(now, cfg, None))),
         }
@@ -193,7 +231,12 @@ impl Connection {
 
     /// A client resuming `session` (taken from a previous connection with
     /// [`take_session`](Self::take_session)).
-    pub fn client_resume(now: Instant, cfg: Config, session: Session) -> Connection {
+    pub fn client_resume(
+        now: Instant,
+        cfg: impl Into<Arc<Config>>,
+        session: Session,
+    ) -> Connection {
+        let cfg = shared_config(cfg);
         Connection {
             inner: Inner::Binary(Box::new(Binary::client(now, cfg, Some(session)))),
         }
@@ -201,14 +244,16 @@ impl Connection {
 
     /// A server connection; `fresh` are the id and token used if the client starts a new
     /// session (the runtime draws them from OS randomness).
-    pub fn server(now: Instant, cfg: Config, fresh: SessionKeys) -> Connection {
+    pub fn server(now: Instant, cfg: impl Into<Arc<Config>>, fresh: SessionKeys) -> Connection {
+        let cfg = shared_config(cfg);
         Connection {
             inner: Inner::Binary(Box::new(Binary::server(now, cfg, fresh))),
         }
     }
 
     /// A JSON-compatible connection in either role.
-    pub fn json(now: Instant, role: Role, cfg: JsonConfig) -> Connection {
+    pub fn json(now: Instant, role: Role, cfg: impl Into<Arc<JsonConfig>>) -> Connection {
+        let cfg = shared_json_config(cfg);
         Connection {
             inner: Inner::Json(Box::new(Json::new(now, role, cfg))),
         }
@@ -329,5 +374,30 @@ impl Connection {
             Inner::Binary(b) => Some(b.reconnect_config()),
             Inner::Json(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::Liveness;
+
+    /// The per-connection budget (issue 6): what a connection costs while it idles is its
+    /// state alone, so these sizes are the whole of it.
+    #[test]
+    fn connection_state_sizes() {
+        eprintln!(
+            "Connection {} B, Binary {} B, Json {} B, Session {} B, Liveness {} B",
+            size_of::<Connection>(),
+            size_of::<Binary>(),
+            size_of::<Json>(),
+            size_of::<Session>(),
+            size_of::<Liveness>(),
+        );
+        assert_eq!(size_of::<Connection>(), 16);
+        assert!(size_of::<Binary>() <= 200);
+        assert!(size_of::<Json>() <= 168);
+        assert!(size_of::<Session>() <= 64);
+        assert!(size_of::<Liveness>() <= 112);
     }
 }

@@ -149,7 +149,7 @@ impl Reader<'_> {
 
 /// Parse one frame from the front of `buf`: `Ok(Some((frame, bytes used)))`, or `Ok(None)` if
 /// incomplete. Limits are checked from the header alone, before the payload arrives.
-fn parse(buf: &[u8], max_frame: u32) -> Result<Option<(Frame, usize)>, DecodeError> {
+pub(crate) fn parse(buf: &[u8], max_frame: u32) -> Result<Option<(Frame, usize)>, DecodeError> {
     let Some((head, rest)) = buf.split_at_checked(HEADER_LEN) else {
         // Reject an unknown type as soon as its byte is seen.
         if let Some(&b) = buf.first() {

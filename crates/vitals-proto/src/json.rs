@@ -56,12 +56,8 @@ pub struct JsonDecoder {
     start: usize,
     /// Where scanning resumes.
     pos: usize,
-    /// Nesting depth inside the current object (0 = between objects).
-    depth: u32,
-    /// Bit i set: level i+1 was opened by `[`.
-    stack: u128,
-    in_string: bool,
-    escape: bool,
+    /// Where the scanner is inside the current object.
+    scanner: Scanner,
     /// Stream offset of `buf[0]`.
     base: u64,
     poisoned: bool,
@@ -143,13 +139,49 @@ impl JsonDecoder {
 
     /// Advance the scanner; `Some(end)` when the object starting at `self.start` ends at `end`.
     fn scan(&mut self) -> Result<Option<usize>, JsonError> {
-        while let Some(&b) = self.buf.get(self.pos) {
-            let offset = self.base + self.pos as u64;
-            self.pos += 1;
+        self.scanner.scan(
+            &self.buf,
+            &mut self.start,
+            &mut self.pos,
+            self.base,
+            0,
+            &self.limits,
+        )
+    }
+}
+
+/// The resumable state of the object scanner: where it is inside the current object.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Scanner {
+    /// Nesting depth inside the current object (0 = between objects).
+    depth: u32,
+    /// Bit i set: level i+1 was opened by `[`.
+    stack: u128,
+    in_string: bool,
+    escape: bool,
+}
+
+impl Scanner {
+    /// Scan `buf[*pos..]`. `*start` is where the current object (or the unscanned bytes
+    /// between objects) starts in `buf`; `carried` bytes of the object precede `buf` (they were
+    /// scanned before); `base` is the stream offset of `buf[0]`. Returns `Some(end)` when the
+    /// object closes at `end` (exclusive), `None` when `buf` ran out first.
+    pub(crate) fn scan(
+        &mut self,
+        buf: &[u8],
+        start: &mut usize,
+        pos: &mut usize,
+        base: u64,
+        carried: usize,
+        limits: &JsonLimits,
+    ) -> Result<Option<usize>, JsonError> {
+        while let Some(&b) = buf.get(*pos) {
+            let offset = base + *pos as u64;
+            *pos += 1;
             if self.depth == 0 {
                 match b {
                     b' ' | b'\t' | b'\n' | b'\r' => {
-                        self.start = self.pos;
+                        *start = *pos;
                         continue;
                     }
                     b'{' => {
@@ -160,9 +192,9 @@ impl JsonDecoder {
                     _ => return Err(JsonError::NotAnObject { byte: b, offset }),
                 }
             }
-            if self.pos - self.start > self.limits.max_object_size {
+            if carried + *pos - *start > limits.max_object_size {
                 return Err(JsonError::ObjectTooLarge {
-                    max: self.limits.max_object_size,
+                    max: limits.max_object_size,
                 });
             }
             if self.in_string {
@@ -178,9 +210,9 @@ impl JsonDecoder {
             match b {
                 b'"' => self.in_string = true,
                 b'{' | b'[' => {
-                    if self.depth >= self.limits.max_depth {
+                    if self.depth >= limits.max_depth {
                         return Err(JsonError::TooDeep {
-                            max: self.limits.max_depth,
+                            max: limits.max_depth,
                         });
                     }
                     if b == b'[' {
@@ -199,15 +231,15 @@ impl JsonDecoder {
                         });
                     }
                     if self.depth == 0 {
-                        return Ok(Some(self.pos));
+                        return Ok(Some(*pos));
                     }
                 }
                 _ => {}
             }
         }
-        if self.depth > 0 && self.pos - self.start > self.limits.max_object_size {
+        if self.depth > 0 && carried + *pos - *start > limits.max_object_size {
             return Err(JsonError::ObjectTooLarge {
-                max: self.limits.max_object_size,
+                max: limits.max_object_size,
             });
         }
         Ok(None)
@@ -215,7 +247,7 @@ impl JsonDecoder {
 }
 
 /// Classify a complete, bracket-balanced object.
-fn classify(obj: &[u8]) -> Result<JsonMessage, JsonError> {
+pub(crate) fn classify(obj: &[u8]) -> Result<JsonMessage, JsonError> {
     if let Some(m) = fast_heartbeat(obj) {
         return Ok(m);
     }

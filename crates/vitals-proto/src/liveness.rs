@@ -20,7 +20,9 @@
 //!   path is not convicted while its answer can still be on the way.
 
 use crate::phi::{PhiConfig, PhiDetector};
-use crate::rtt::RttStats;
+use crate::policy::{PingVerdict, ping_verdict};
+use crate::rtt::{CompactRtt, RttStats};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Liveness timing.
@@ -60,73 +62,150 @@ pub(crate) struct Verdict {
     pub(crate) stalled: bool,
 }
 
-/// Per-connection liveness state.
+/// "No such time" for the optional instants below.
+const NEVER: u64 = u64::MAX;
+
+/// A process-wide origin for connection epochs, so that an epoch is 8 bytes (nanoseconds since
+/// the anchor) rather than a 16-byte `Instant`. It lies far (up to 146 years) before the first
+/// instant any connection was given, so every instant a connection sees is after it.
+static ANCHOR: OnceLock<Instant> = OnceLock::new();
+
+fn anchor(hint: Instant) -> Instant {
+    *ANCHOR.get_or_init(|| {
+        [1u64 << 62, 1 << 50, 1 << 40, 1 << 30]
+            .iter()
+            .find_map(|&ns| hint.checked_sub(Duration::from_nanos(ns)))
+            .unwrap_or(hint)
+    })
+}
+
+/// Whole nanoseconds of `d`, saturating.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Phi-accrual state, boxed: only connections that enable phi pay for it.
+#[derive(Debug, Clone)]
+struct PhiState {
+    detector: PhiDetector,
+    /// Arrival times (ns since epoch) of the last two inputs: the gap phi samples.
+    last_recv: u64,
+    prev_recv: u64,
+    /// Whether the gap of the current input was sampled already.
+    sampled: bool,
+    suspected_since: Option<u64>,
+}
+
+/// Per-connection liveness state: 112 bytes. Every time is a `u64` of nanoseconds since the
+/// connection's epoch (exact: `Instant` has nanosecond resolution), `NEVER` standing for `None`.
 #[derive(Debug, Clone)]
 pub(crate) struct Liveness {
-    cfg: LivenessConfig,
-    last_recv: Instant,
-    prev_recv: Instant,
-    /// Silence is never counted from before this (set by the stall guard).
-    floor: Instant,
-    last_ping: Option<Instant>,
+    /// Nanoseconds from the process anchor to this connection's epoch (its creation).
+    epoch: u64,
+    interval: u64,
+    timeout: u64,
+    /// Where the current silence starts: the last receive, moved later by the stall guard
+    /// (`max(last_recv, floor)` in the rules above; one field, since both only move forward).
+    start: u64,
+    last_ping: u64,
     /// First ping sent in the current silence (the probe whose answer conviction waits for).
-    probe_sent: Option<Instant>,
-    /// (nonce, timestamp µs) of the newest ping sent.
-    outstanding: Option<(u32, u64)>,
+    probe_sent: u64,
+    deadline: u64,
+    /// When the peer last pinged us (ping-strike rule), and its strikes.
+    peer_ping: u64,
+    phi: Option<Box<PhiState>>,
+    rtt: CompactRtt,
     next_nonce: u32,
-    deadline: Instant,
-    suspected_since: Option<Instant>,
-    sampled: bool,
-    rtt: RttStats,
-    phi: Option<Box<PhiDetector>>,
+    strikes: u32,
+    /// The newest ping sent (nonce `next_nonce - 1`, timestamp `last_ping` in µs) is unanswered.
+    outstanding: bool,
 }
 
 impl Liveness {
-    pub(crate) fn new(now: Instant, cfg: LivenessConfig) -> Liveness {
+    pub(crate) fn new(now: Instant, cfg: &LivenessConfig) -> Liveness {
+        let a = anchor(now);
         let mut l = Liveness {
-            cfg,
-            last_recv: now,
-            prev_recv: now,
-            floor: now,
-            last_ping: None,
-            probe_sent: None,
-            outstanding: None,
+            epoch: nanos(now.saturating_duration_since(a)),
+            interval: nanos(cfg.interval),
+            timeout: nanos(cfg.timeout),
+            start: 0,
+            last_ping: NEVER,
+            probe_sent: NEVER,
+            deadline: 0,
+            peer_ping: NEVER,
+            phi: cfg.phi.map(|p| {
+                Box::new(PhiState {
+                    detector: PhiDetector::new(p),
+                    last_recv: 0,
+                    prev_recv: 0,
+                    sampled: true,
+                    suspected_since: None,
+                })
+            }),
+            rtt: CompactRtt::default(),
             next_nonce: 0,
-            deadline: now,
-            suspected_since: None,
-            sampled: true,
-            rtt: RttStats::default(),
-            phi: cfg.phi.map(|p| Box::new(PhiDetector::new(p))),
+            strikes: 0,
+            outstanding: false,
         };
         l.deadline = l.compute_deadline();
         l
     }
 
-    pub(crate) fn config(&self) -> &LivenessConfig {
-        &self.cfg
+    /// `now` as nanoseconds since this connection's epoch (0 if earlier).
+    pub(crate) fn ns(&self, now: Instant) -> u64 {
+        let a = anchor(now);
+        nanos(now.saturating_duration_since(a)).saturating_sub(self.epoch)
+    }
+
+    /// The instant `ns` nanoseconds after this connection's epoch.
+    pub(crate) fn instant(&self, ns: u64) -> Instant {
+        // `new` set the anchor, so the clock is never read here.
+        let a = *ANCHOR.get_or_init(Instant::now);
+        a + Duration::from_nanos(self.epoch.saturating_add(ns))
+    }
+
+    pub(crate) fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval)
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.timeout)
     }
 
     /// Apply negotiated timing (re-arms the deadline).
     pub(crate) fn set_timing(&mut self, interval: Duration, timeout: Duration) {
-        self.cfg.interval = interval;
-        self.cfg.timeout = timeout;
+        self.interval = nanos(interval);
+        self.timeout = nanos(timeout);
         self.deadline = self.compute_deadline();
     }
 
     /// Bytes arrived: a sign of life. Only stores the time.
-    pub(crate) fn on_recv(&mut self, now: Instant) {
-        self.prev_recv = self.last_recv;
-        self.last_recv = now;
-        self.sampled = false;
+    pub(crate) fn on_recv(&mut self, now: u64) {
+        self.start = now;
+        if let Some(p) = self.phi.as_deref_mut() {
+            p.prev_recv = p.last_recv;
+            p.last_recv = now;
+            p.sampled = false;
+        }
     }
 
     /// A heartbeat frame (PING/PONG) arrived in the input last passed to `on_recv`:
     /// feed the inter-arrival gap to phi-accrual (once per input).
     pub(crate) fn on_heartbeat(&mut self) {
-        if let (Some(phi), false) = (self.phi.as_mut(), self.sampled) {
-            phi.add(self.last_recv.saturating_duration_since(self.prev_recv));
-            self.sampled = true;
+        if let Some(p) = self.phi.as_deref_mut()
+            && !p.sampled
+        {
+            let gap = p.last_recv.saturating_sub(p.prev_recv);
+            p.detector.add(Duration::from_nanos(gap));
+            p.sampled = true;
         }
+    }
+
+    /// The peer pinged us at `now`: apply the ping-strike rule against the current interval.
+    pub(crate) fn on_peer_ping(&mut self, now: u64, max_strikes: u32) -> PingVerdict {
+        let prev = std::mem::replace(&mut self.peer_ping, now);
+        let prev = (prev != NEVER).then_some(prev);
+        ping_verdict(prev, now, &mut self.strikes, self.interval, max_strikes)
     }
 
     /// Pings sent so far (wrapping): nonces are handed out in sequence from 0.
@@ -134,86 +213,91 @@ impl Liveness {
         self.next_nonce
     }
 
-    /// A ping is about to be sent: returns (nonce, timestamp µs since `epoch`).
-    pub(crate) fn make_ping(&mut self, now: Instant, epoch: Instant) -> (u32, u64) {
+    /// A ping is about to be sent: returns (nonce, timestamp µs since the epoch).
+    pub(crate) fn make_ping(&mut self, now: u64) -> (u32, u64) {
         let nonce = self.next_nonce;
         self.next_nonce = self.next_nonce.wrapping_add(1);
-        let ts = micros_since(epoch, now);
-        self.outstanding = Some((nonce, ts));
-        self.last_ping = Some(now);
-        (nonce, ts)
+        self.outstanding = true;
+        self.last_ping = now;
+        (nonce, now / 1000)
+    }
+
+    /// (nonce, timestamp µs) of the newest ping made with `make_ping`, as long as no
+    /// `on_timeout` ran since.
+    pub(crate) fn last_ping_made(&self) -> (u32, u64) {
+        (self.next_nonce.wrapping_sub(1), self.last_ping / 1000)
     }
 
     /// A pong arrived: if it answers our newest ping, take an RTT sample.
-    pub(crate) fn on_pong(
-        &mut self,
-        now: Instant,
-        epoch: Instant,
-        nonce: u32,
-        ts: u64,
-    ) -> Option<Duration> {
-        let (n, sent) = self.outstanding?;
-        if n != nonce || sent != ts {
+    pub(crate) fn on_pong(&mut self, now: u64, nonce: u32, ts: u64) -> Option<Duration> {
+        if !self.outstanding {
             return None;
         }
-        self.outstanding = None;
-        let rtt = Duration::from_micros(micros_since(epoch, now).checked_sub(sent)?);
-        self.rtt.update(rtt);
-        Some(rtt)
+        let sent = self.last_ping / 1000;
+        if self.next_nonce.wrapping_sub(1) != nonce || sent != ts {
+            return None;
+        }
+        self.outstanding = false;
+        let us = (now / 1000).checked_sub(sent)?;
+        self.rtt.update(us);
+        Some(Duration::from_micros(us))
     }
 
     /// Nonce of the newest unanswered ping.
     pub(crate) fn outstanding_nonce(&self) -> Option<u32> {
-        self.outstanding.map(|(n, _)| n)
+        self.outstanding.then(|| self.next_nonce.wrapping_sub(1))
     }
 
     /// RTT statistics so far.
-    pub(crate) fn rtt(&self) -> &RttStats {
-        &self.rtt
+    pub(crate) fn rtt(&self) -> RttStats {
+        self.rtt.stats()
+    }
+
+    /// The deadline this detector wants to be woken at (ns since the epoch).
+    pub(crate) fn deadline_ns(&self) -> u64 {
+        self.deadline
     }
 
     /// The deadline this detector wants to be woken at.
     pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    fn silence_start(&self) -> Instant {
-        self.last_recv.max(self.floor)
+        self.instant(self.deadline)
     }
 
     /// Our timer fired (possibly for another reason; early calls only re-arm).
-    pub(crate) fn on_timeout(&mut self, now: Instant) -> Verdict {
+    pub(crate) fn on_timeout(&mut self, now: u64, stall_tolerance: Duration) -> Verdict {
         let mut v = Verdict::default();
         if now < self.deadline {
             return v;
         }
-        if now.saturating_duration_since(self.deadline) > self.cfg.stall_tolerance {
+        if now - self.deadline > nanos(stall_tolerance) {
             v.stalled = true;
-            self.floor = self
-                .floor
-                .max(now.checked_sub(self.cfg.interval).unwrap_or(now));
+            self.start = self.start.max(now.saturating_sub(self.interval));
         }
-        let start = self.silence_start();
-        if self.suspected_since.is_some_and(|s| self.last_recv > s) {
-            self.suspected_since = None;
+        let start = self.start;
+        if let Some(p) = self.phi.as_deref_mut()
+            && p.suspected_since.is_some_and(|s| p.last_recv > s)
+        {
+            p.suspected_since = None;
         }
-        let silent = now.saturating_duration_since(start);
+        let silent = Duration::from_nanos(now.saturating_sub(start));
         if now >= self.dead_at(start) && !v.stalled {
             v.dead = Some(silent);
             return v;
         }
-        if let (Some(phi), false) = (self.phi.as_deref(), v.stalled)
-            && let Some(p) = phi.phi(silent)
+        let last_ping = self.last_ping;
+        if let (Some(p), false) = (self.phi.as_deref_mut(), v.stalled)
+            && let Some(phi) = p.detector.phi(silent)
         {
-            if p >= phi.config().threshold {
+            let cfg = *p.detector.config();
+            if phi >= cfg.threshold {
                 v.dead = Some(silent);
                 return v;
             }
-            if p >= phi.config().suspect_threshold && self.suspected_since.is_none() {
-                self.suspected_since = Some(now);
-                v.suspect = Some(p);
+            if phi >= cfg.suspect_threshold && p.suspected_since.is_none() {
+                p.suspected_since = Some(now);
+                v.suspect = Some(phi);
                 // Probe at once unless a ping already went out in this silence.
-                if self.last_ping.is_none_or(|t| t < start) {
+                if last_ping == NEVER || last_ping < start {
                     v.ping = true;
                 }
             }
@@ -222,65 +306,64 @@ impl Liveness {
             v.ping = true;
         }
         if v.ping {
-            // The caller sends it; record the time now so the next deadline is right.
-            self.last_ping = Some(now);
-            if self.probe_sent.is_none_or(|p| p < start) {
-                self.probe_sent = Some(now);
+            // The caller sends it (with `make_ping`); record the time now so the next deadline
+            // is right. Until `make_ping`, no ping of this silence is awaiting its pong.
+            self.last_ping = now;
+            self.outstanding = false;
+            if self.probe_sent == NEVER || self.probe_sent < start {
+                self.probe_sent = now;
             }
         }
         self.deadline = self.compute_deadline();
         v
     }
 
-    fn next_ping_at(&self, start: Instant) -> Instant {
-        match self.last_ping {
-            Some(t) if t >= start => t + self.cfg.interval,
-            _ => start + self.cfg.interval,
+    fn next_ping_at(&self, start: u64) -> u64 {
+        if self.last_ping != NEVER && self.last_ping >= start {
+            self.last_ping.saturating_add(self.interval)
+        } else {
+            start.saturating_add(self.interval)
         }
     }
 
     /// Retransmission-style timeout of a probe: `srtt + 4 * rttvar`, capped at `timeout`
     /// (zero before the first RTT sample).
-    fn probe_rto(&self) -> Duration {
-        if self.rtt.samples == 0 {
-            return Duration::ZERO;
+    fn probe_rto(&self) -> u64 {
+        if self.rtt.samples() == 0 {
+            return 0;
         }
-        (self.rtt.smoothed + self.rtt.var * 4).min(self.cfg.timeout)
+        self.rtt.rto_ns().min(self.timeout)
     }
 
     /// When silence since `start` convicts: `start + timeout`, but never while the answer to
     /// the first probe of this silence can still be in flight (`probe + rto`).
-    fn dead_at(&self, start: Instant) -> Instant {
-        let at = start + self.cfg.timeout;
-        match self.probe_sent {
-            Some(p) if p >= start => at.max(p + self.probe_rto()),
-            _ => at,
+    fn dead_at(&self, start: u64) -> u64 {
+        let at = start.saturating_add(self.timeout);
+        if self.probe_sent != NEVER && self.probe_sent >= start {
+            at.max(self.probe_sent.saturating_add(self.probe_rto()))
+        } else {
+            at
         }
     }
 
-    fn compute_deadline(&self) -> Instant {
-        let start = self.silence_start();
+    fn compute_deadline(&self) -> u64 {
+        let start = self.start;
         let mut d = self.dead_at(start).min(self.next_ping_at(start));
-        if let Some(phi) = self.phi.as_deref() {
-            let limit = self.cfg.timeout;
-            let cfg = phi.config();
+        if let Some(p) = self.phi.as_deref() {
+            let limit = self.timeout();
+            let cfg = p.detector.config();
             let mut levels = [Some(cfg.threshold), None];
-            if self.suspected_since.is_none() {
+            if p.suspected_since.is_none() {
                 levels[1] = Some(cfg.suspect_threshold);
             }
             for level in levels.into_iter().flatten() {
-                if let Some(t) = phi.time_to_reach(level, limit) {
-                    d = d.min(start + t);
+                if let Some(t) = p.detector.time_to_reach(level, limit) {
+                    d = d.min(start.saturating_add(nanos(t)));
                 }
             }
         }
         d
     }
-}
-
-/// Microseconds from `epoch` to `now` (0 if `now` is earlier; saturates at u64::MAX).
-pub(crate) fn micros_since(epoch: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -299,12 +382,12 @@ mod tests {
     #[test]
     fn receiving_only_moves_last_recv_and_deadline_is_rearmed_lazily() {
         let t0 = Instant::now();
-        let mut l = Liveness::new(t0, cfg());
+        let mut l = Liveness::new(t0, &cfg());
         assert_eq!(l.deadline(), t0 + Duration::from_secs(1));
-        l.on_recv(t0 + Duration::from_millis(700));
+        l.on_recv(l.ns(t0 + Duration::from_millis(700)));
         // Unchanged until the timer fires.
         assert_eq!(l.deadline(), t0 + Duration::from_secs(1));
-        let v = l.on_timeout(t0 + Duration::from_secs(1));
+        let v = l.on_timeout(l.ns(t0 + Duration::from_secs(1)), cfg().stall_tolerance);
         assert!(!v.ping && v.dead.is_none());
         assert_eq!(l.deadline(), t0 + Duration::from_millis(1700));
     }
@@ -312,11 +395,11 @@ mod tests {
     #[test]
     fn pings_every_interval_of_silence_then_convicts_at_timeout() {
         let t0 = Instant::now();
-        let mut l = Liveness::new(t0, cfg());
+        let mut l = Liveness::new(t0, &cfg());
         let mut pings = Vec::new();
         loop {
             let now = l.deadline();
-            let v = l.on_timeout(now);
+            let v = l.on_timeout(l.ns(now), cfg().stall_tolerance);
             if v.ping {
                 pings.push(now - t0);
             }
@@ -332,15 +415,15 @@ mod tests {
     #[test]
     fn stalled_wakeup_does_not_convict() {
         let t0 = Instant::now();
-        let mut l = Liveness::new(t0, cfg());
+        let mut l = Liveness::new(t0, &cfg());
         let late = t0 + Duration::from_secs(10);
-        let v = l.on_timeout(late);
+        let v = l.on_timeout(l.ns(late), cfg().stall_tolerance);
         assert!(v.stalled && v.dead.is_none() && v.ping);
         // Conviction needs timeout - interval more of observed silence.
         assert_eq!(l.deadline(), late + Duration::from_secs(1));
-        let v = l.on_timeout(late + Duration::from_secs(1));
+        let v = l.on_timeout(l.ns(late + Duration::from_secs(1)), cfg().stall_tolerance);
         assert!(v.ping && v.dead.is_none());
-        let v = l.on_timeout(late + Duration::from_secs(2));
+        let v = l.on_timeout(l.ns(late + Duration::from_secs(2)), cfg().stall_tolerance);
         assert_eq!(v.dead, Some(Duration::from_secs(3)));
     }
 }

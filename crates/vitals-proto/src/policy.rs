@@ -7,7 +7,9 @@
 //! pings twice within one `interval` (it pings only after `interval` of silence), so only
 //! network jitter above `interval / 2` could make it collect a strike.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(test)]
+use std::time::Instant;
 
 /// What a server accepts. Proposals are clamped into these ranges, and the timeout is raised
 /// to at least twice the granted interval.
@@ -59,31 +61,52 @@ pub(crate) enum PingVerdict {
     TooMany,
 }
 
-/// Counts ping strikes of one peer.
+/// The strike rule for one PING received at `now` (any time unit, as long as `prev` and
+/// `interval` use the same), the previous one having arrived at `prev`.
+pub(crate) fn ping_verdict(
+    prev: Option<u64>,
+    now: u64,
+    strikes: &mut u32,
+    interval: u64,
+    max: u32,
+) -> PingVerdict {
+    let Some(prev) = prev else {
+        return PingVerdict::Ok;
+    };
+    let gap = now.saturating_sub(prev);
+    if gap < interval / 2 {
+        *strikes += 1;
+        if *strikes >= max {
+            return PingVerdict::TooMany;
+        }
+        return PingVerdict::Strike(*strikes);
+    }
+    if gap >= interval {
+        *strikes = 0;
+    }
+    PingVerdict::Ok
+}
+
+/// Counts ping strikes of one peer (the connections keep these two fields in their liveness
+/// state; this stand-alone form is what the rule's test drives).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PingEnforcer {
     last_ping: Option<Instant>,
     strikes: u32,
 }
 
+#[cfg(test)]
 impl PingEnforcer {
     pub(crate) fn on_ping(&mut self, now: Instant, interval: Duration, max: u32) -> PingVerdict {
         let prev = self.last_ping.replace(now);
         let Some(prev) = prev else {
             return PingVerdict::Ok;
         };
-        let gap = now.saturating_duration_since(prev);
-        if gap < interval / 2 {
-            self.strikes += 1;
-            if self.strikes >= max {
-                return PingVerdict::TooMany;
-            }
-            return PingVerdict::Strike(self.strikes);
-        }
-        if gap >= interval {
-            self.strikes = 0;
-        }
-        PingVerdict::Ok
+        // Nanoseconds since the previous ping: same rule, same unit for both sides.
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let gap = ns(now.saturating_duration_since(prev));
+        ping_verdict(Some(0), gap, &mut self.strikes, ns(interval), max)
     }
 }
 

@@ -36,9 +36,79 @@ impl RttStats {
     }
 }
 
+/// The estimator's state in 28 bytes (RttStats is 72): exact, since every sample is a whole
+/// number of microseconds and `smoothed`/`var` are kept in nanoseconds as `Duration` keeps them.
+/// `latest`/`min` saturate at `u32::MAX` µs (71 minutes), far beyond any timeout in use.
+/// Packed to 4-byte alignment so it shares a word with the owner's `u32` fields (28 bytes, not 32).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, packed(4))]
+pub(crate) struct CompactRtt {
+    smoothed_ns: u64,
+    var_ns: u64,
+    latest_us: u32,
+    min_us: u32,
+    samples: u32,
+}
+
+impl CompactRtt {
+    /// Fold in one sample of `r_us` microseconds (same arithmetic as [`RttStats::update`]).
+    pub(crate) fn update(&mut self, r_us: u64) {
+        let r = r_us.saturating_mul(1000);
+        let r32 = u32::try_from(r_us).unwrap_or(u32::MAX);
+        if self.samples == 0 {
+            self.smoothed_ns = r;
+            self.var_ns = r / 2;
+            self.min_us = r32;
+        } else {
+            let diff = self.smoothed_ns.abs_diff(r);
+            self.var_ns = self.var_ns.saturating_mul(3).saturating_add(diff) / 4;
+            self.smoothed_ns = self.smoothed_ns.saturating_mul(7).saturating_add(r) / 8;
+            self.min_us = self.min_us.min(r32);
+        }
+        self.latest_us = r32;
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    pub(crate) fn samples(&self) -> u32 {
+        self.samples
+    }
+
+    /// `smoothed + 4 * var` in nanoseconds.
+    pub(crate) fn rto_ns(&self) -> u64 {
+        self.smoothed_ns
+            .saturating_add(self.var_ns.saturating_mul(4))
+    }
+
+    pub(crate) fn stats(&self) -> RttStats {
+        RttStats {
+            latest: Duration::from_micros(u64::from(self.latest_us)),
+            min: Duration::from_micros(u64::from(self.min_us)),
+            smoothed: Duration::from_nanos(self.smoothed_ns),
+            var: Duration::from_nanos(self.var_ns),
+            samples: self.samples,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_matches_rtt_stats_exactly() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut full = RttStats::default();
+        let mut compact = CompactRtt::default();
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let us = x % 3_000_000;
+            full.update(Duration::from_micros(us));
+            compact.update(us);
+            assert_eq!(compact.stats(), full);
+        }
+    }
 
     #[test]
     fn follows_rfc6298() {

@@ -5,9 +5,11 @@
 //! messages and in age. The receiver accepts `seq == recv_next`, drops `seq < recv_next` as a
 //! duplicate (a replay of something already delivered) and rejects a gap.
 
+use crate::connection::Config;
 use crate::error::{Backpressure, SessionError};
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A message sequence number (per direction, from 0).
@@ -125,36 +127,84 @@ pub(crate) enum Incoming {
     Duplicate,
 }
 
+/// The parts of a session that are empty most of the time (nothing unacknowledged, attached):
+/// boxed, and released as soon as they are empty again.
+#[derive(Debug, Clone, Default)]
+struct Backlog {
+    replay: VecDeque<Outgoing>,
+    replay_bytes: usize,
+    detached_at: Option<Instant>,
+}
+
 /// One session's state (either side).
+///
+/// 64 bytes while nothing is unacknowledged; the replay buffer (and the detach time) live in a
+/// box that exists only while they are in use. The configuration is shared (`Arc`).
 #[derive(Debug, Clone)]
 pub struct Session {
     keys: SessionKeys,
-    cfg: SessionConfig,
+    cfg: Arc<Config>,
     send_next: u64,
-    peer_acked: u64,
-    replay: VecDeque<Outgoing>,
-    replay_bytes: usize,
     recv_next: u64,
-    ack_sent: u64,
-    detached_at: Option<Instant>,
+    backlog: Option<Box<Backlog>>,
+    /// Received messages not yet acknowledged (at most `ack_every`, which is a `u32`).
+    ack_owed: u32,
     established: bool,
 }
 
 impl Session {
     /// A fresh session.
     pub fn new(keys: SessionKeys, cfg: SessionConfig) -> Session {
+        Session::with_config(
+            keys,
+            Arc::new(Config {
+                session: cfg,
+                ..Config::default()
+            }),
+        )
+    }
+
+    /// A fresh session using the `session` part of a shared connection config.
+    pub(crate) fn with_config(keys: SessionKeys, cfg: Arc<Config>) -> Session {
         Session {
             keys,
             cfg,
             send_next: 0,
-            peer_acked: 0,
-            replay: VecDeque::new(),
-            replay_bytes: 0,
             recv_next: 0,
-            ack_sent: 0,
-            detached_at: None,
+            backlog: None,
+            ack_owed: 0,
             established: false,
         }
+    }
+
+    /// The shared config this session was created with (its `session` part applies).
+    pub(crate) fn shared_config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    /// Replace the shared config; only its `session` part must stay equal.
+    pub(crate) fn set_shared_config(&mut self, cfg: Arc<Config>) {
+        debug_assert!(cfg.session == self.cfg.session);
+        self.cfg = cfg;
+    }
+
+    fn backlog_mut(&mut self) -> &mut Backlog {
+        self.backlog.get_or_insert_with(Box::default)
+    }
+
+    /// Release the backlog box once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .backlog
+            .as_deref()
+            .is_some_and(|b| b.replay.is_empty() && b.detached_at.is_none())
+        {
+            self.backlog = None;
+        }
+    }
+
+    fn replay_len(&self) -> usize {
+        self.backlog.as_deref().map_or(0, |b| b.replay.len())
     }
 
     /// True once a handshake bound this session to an id the server knows. A client session
@@ -189,27 +239,30 @@ impl Session {
 
     /// Messages sent but not acknowledged by the peer.
     pub fn unacked(&self) -> usize {
-        self.replay.len()
+        self.replay_len()
     }
 
     /// Bytes sent but not acknowledged.
     pub fn unacked_bytes(&self) -> usize {
-        self.replay_bytes
+        self.backlog.as_deref().map_or(0, |b| b.replay_bytes)
     }
 
     /// The unacknowledged payloads, oldest first (for re-sending in a new session after the
     /// server answered "unknown session"; see docs/PROTOCOL.md for what that guarantees).
     pub fn into_unacked(self) -> Vec<Vec<u8>> {
-        self.replay.into_iter().map(|o| o.payload).collect()
+        self.backlog
+            .map(|b| b.replay.into_iter().map(|o| o.payload).collect())
+            .unwrap_or_default()
     }
 
     /// Whether [`push`](Self::push) would take a message of `len` bytes now: [`Room::Now`], after
     /// acknowledgements free space ([`Room::Later`]), or never (larger than the whole buffer).
     pub fn room_for(&self, len: usize) -> Room {
-        if len > self.cfg.max_replay_bytes {
+        let cfg = &self.cfg.session;
+        if len > cfg.max_replay_bytes {
             Room::Never
-        } else if self.replay.len() < self.cfg.max_replay_messages
-            && self.replay_bytes.saturating_add(len) <= self.cfg.max_replay_bytes
+        } else if self.replay_len() < cfg.max_replay_messages
+            && self.unacked_bytes().saturating_add(len) <= cfg.max_replay_bytes
         {
             Room::Now
         } else {
@@ -225,21 +278,24 @@ impl Session {
     /// Queue a message; it stays until acknowledged.
     pub fn push(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, Backpressure> {
         let len = payload.len();
-        if self.replay.len() >= self.cfg.max_replay_messages
-            || self.replay_bytes.saturating_add(len) > self.cfg.max_replay_bytes
+        let cfg = &self.cfg.session;
+        let (messages, buffered) = (self.replay_len(), self.unacked_bytes());
+        if messages >= cfg.max_replay_messages
+            || buffered.saturating_add(len) > cfg.max_replay_bytes
         {
             return Err(Backpressure {
-                buffered: self.replay_bytes,
-                messages: self.replay.len(),
+                buffered,
+                messages,
                 len,
-                max_bytes: self.cfg.max_replay_bytes,
-                max_messages: self.cfg.max_replay_messages,
+                max_bytes: cfg.max_replay_bytes,
+                max_messages: cfg.max_replay_messages,
             });
         }
         let seq = self.send_next;
         self.send_next += 1;
-        self.replay_bytes += len;
-        self.replay.push_back(Outgoing {
+        let b = self.backlog_mut();
+        b.replay_bytes += len;
+        b.replay.push_back(Outgoing {
             queued_at: now,
             payload,
         });
@@ -254,24 +310,31 @@ impl Session {
                 sent: self.send_next,
             });
         }
-        while self.peer_acked < next {
-            if let Some(o) = self.replay.pop_front() {
-                self.replay_bytes -= o.payload.len();
+        let acked = self.peer_acked();
+        if acked < next
+            && let Some(b) = self.backlog.as_deref_mut()
+        {
+            for _ in acked..next {
+                if let Some(o) = b.replay.pop_front() {
+                    b.replay_bytes -= o.payload.len();
+                }
             }
-            self.peer_acked += 1;
+            self.tidy();
         }
         Ok(())
     }
 
     /// First unacknowledged sequence number.
     pub(crate) fn peer_acked(&self) -> u64 {
-        self.peer_acked
+        // Every message from the first unacknowledged one to `send_next` is held for replay.
+        self.send_next - self.replay_len() as u64
     }
 
     /// Payload of message `seq` if it is still held.
     pub(crate) fn payload(&self, seq: u64) -> Option<&[u8]> {
-        let idx = usize::try_from(seq.checked_sub(self.peer_acked)?).ok()?;
-        self.replay.get(idx).map(|o| o.payload.as_slice())
+        let idx = usize::try_from(seq.checked_sub(self.peer_acked())?).ok()?;
+        let b = self.backlog.as_deref()?;
+        b.replay.get(idx).map(|o| o.payload.as_slice())
     }
 
     /// Classify a received DATA sequence number.
@@ -291,48 +354,54 @@ impl Session {
     /// A complete message `recv_next` was delivered.
     pub(crate) fn delivered(&mut self) {
         self.recv_next += 1;
+        self.ack_owed = self.ack_owed.saturating_add(1);
     }
 
     /// Received messages not yet acknowledged to the peer.
     pub(crate) fn ack_owed(&self) -> u64 {
-        self.recv_next - self.ack_sent
+        u64::from(self.ack_owed)
     }
 
     /// An ack carrying `recv_next` is going out.
     pub(crate) fn ack_sending(&mut self) -> u64 {
-        self.ack_sent = self.recv_next;
+        self.ack_owed = 0;
         self.recv_next
     }
 
     /// When the oldest unacknowledged message ages out (expires the session).
     pub(crate) fn age_deadline(&self) -> Option<Instant> {
-        self.replay
+        let b = self.backlog.as_deref()?;
+        b.replay
             .front()
-            .map(|o| o.queued_at + self.cfg.max_replay_age)
+            .map(|o| o.queued_at + self.cfg.session.max_replay_age)
     }
 
     /// Session config.
     pub(crate) fn config(&self) -> &SessionConfig {
-        &self.cfg
+        &self.cfg.session
     }
 
     /// Mark the session detached from its connection at `now` (starts the ttl).
     pub fn detach(&mut self, now: Instant) {
-        self.detached_at = Some(now);
+        self.backlog_mut().detached_at = Some(now);
     }
 
     /// Mark the session attached to a live connection again; the peer's ack resets too,
     /// since what the peer acknowledged during resume is all we know.
     pub(crate) fn attach(&mut self) {
-        self.detached_at = None;
+        if let Some(b) = self.backlog.as_deref_mut() {
+            b.detached_at = None;
+        }
+        self.tidy();
         self.established = true;
-        self.ack_sent = self.recv_next;
+        self.ack_owed = 0;
     }
 
     /// Expired: detached longer than `ttl`, or an unacknowledged message older than
     /// `max_replay_age`.
     pub fn is_expired(&self, now: Instant) -> bool {
-        self.detached_at.is_some_and(|t| now >= t + self.cfg.ttl)
+        let detached = self.backlog.as_deref().and_then(|b| b.detached_at);
+        detached.is_some_and(|t| now >= t + self.cfg.session.ttl)
             || self.age_deadline().is_some_and(|d| now >= d)
     }
 }
