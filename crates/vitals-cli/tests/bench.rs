@@ -1,7 +1,11 @@
 //! `vitals bench` end to end: a small self-contained run (text and JSON), a run against a server in
-//! another process with `--server-pid` (this test process hosts it), and the refusals: bad timing, zero
-//! connections, more connections than the open-file limit allows, non-loopback servers.
+//! another process with `--server-pid` (this test process hosts it) from two source addresses, and the
+//! refusals: bad timing, zero connections, more connections than the open-file limit allows,
+//! non-loopback servers.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assert_cmd::Command;
@@ -129,7 +133,16 @@ fn external_server_with_its_pid_reports_rss_and_cpu() {
     cfg.proto.policy.min_timeout = Duration::from_secs(1);
     let mut server = vitals::Server::bind(cfg).expect("server");
     let addr = server.local_addr().to_string();
-    rt.spawn(async move { while server.next_event().await.is_some() {} });
+    // Which source addresses the server saw.
+    let peers = Arc::new(Mutex::new(BTreeSet::new()));
+    let seen = Arc::clone(&peers);
+    rt.spawn(async move {
+        while let Some(event) = server.next_event().await {
+            if let vitals::ServerEvent::Connected { peer, .. } = event {
+                seen.lock().expect("not poisoned").insert(peer.ip());
+            }
+        }
+    });
     let pid = std::process::id().to_string();
     let v = bench_json(&[
         "-n",
@@ -144,7 +157,18 @@ fn external_server_with_its_pid_reports_rss_and_cpu() {
         &addr,
         "--server-pid",
         &pid,
+        "--sources",
+        "2",
     ]);
+    let expected: BTreeSet<IpAddr> = ["127.0.0.1", "127.0.0.2"]
+        .iter()
+        .map(|a| a.parse().expect("address"))
+        .collect();
+    assert_eq!(*peers.lock().expect("not poisoned"), expected);
+    assert_eq!(
+        v["source_addresses"],
+        serde_json::json!(["127.0.0.1", "127.0.0.2"])
+    );
     assert_eq!(v["connections"], 100);
     assert_eq!(v["in_process_server"], false);
     assert_eq!(v["granted_interval_ms"], 200.0);

@@ -95,10 +95,12 @@ fn parse_port_range(s: &str) -> Option<(u16, u16)> {
     (lo <= hi).then_some((lo, hi))
 }
 
-/// Connections one source address may take from a port range of `ports` ports: 80 % of it, leaving the
-/// rest to whatever else runs on the machine.
+/// Connections one source address may take from a port range of `ports` ports: a third of it. Not just
+/// to stay inside the range: the kernel's search for a free ephemeral port slows down as the range fills
+/// (measured here: 19,000 connections from one address took 14.8 s to open, 1,282/s; from four addresses
+/// 1.7 s, 10,973/s).
 pub(crate) fn per_source(ports: u32) -> u32 {
-    (ports / 5 * 4).max(1)
+    (ports / 3).max(1)
 }
 
 /// The source addresses for `n` connections: none (the system's choice) when one address's share of
@@ -145,13 +147,14 @@ mod tests {
     fn port_range_and_sources() {
         assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
         assert_eq!(parse_port_range("x"), None);
-        let ports = (32768, 60999); // 28,232 ports: 22,585 per source
-        assert!(source_addresses(19_000, ports, None).is_empty());
-        let v = source_addresses(50_000, ports, None);
+        let ports = (32768, 60999); // 28,232 ports: 9,410 per source
+        assert!(source_addresses(9_000, ports, None).is_empty());
+        let v = source_addresses(19_000, ports, None);
         assert_eq!(v.len(), 3);
+        assert_eq!(v[0], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
         assert_eq!(v[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         assert_eq!(source_addresses(10, ports, Some(2)).len(), 2);
-        // A small range needs more sources.
-        assert_eq!(source_addresses(1000, (40000, 40099), None).len(), 13);
+        // A small range needs more sources: 33 per source.
+        assert_eq!(source_addresses(1000, (40000, 40099), None).len(), 31);
     }
 }
