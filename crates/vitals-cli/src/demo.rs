@@ -46,7 +46,9 @@ const SEND_EVERY: Duration = Duration::from_millis(20);
 #[derive(Debug, clap::Args)]
 #[command(
     mut_arg("interval", |a| a.default_value("200ms")),
-    mut_arg("timeout", |a| a.default_value("1s"))
+    mut_arg("timeout", |a| a.default_value("1s")),
+    after_help = "Exit code: 0 when every check held (all connected, the frozen puppet convicted \
+after the timeout, every client resumed, nothing lost or duplicated), 1 otherwise, 2 on bad flags."
 )]
 pub(crate) struct DemoArgs {
     #[command(flatten)]
