@@ -161,12 +161,17 @@ impl Binary {
     }
 
     pub(crate) fn server(now: Instant, cfg: Arc<Config>, fresh: SessionKeys) -> Binary {
-        Binary::base(
+        let mut b = Binary::base(
             now,
             Role::Server,
             Session::with_config(fresh, cfg),
             State::AwaitHello,
-        )
+        );
+        // Client-driven heartbeats (opt-in): the server answers, and probes only after
+        // 1.25 × interval of silence (docs/LIVENESS.md).
+        let passive = b.cfg().policy.client_driven;
+        b.live.set_passive(passive);
+        b
     }
 
     /// Run `s` as this connection's session. The session keeps its own bounds (its `session`

@@ -119,6 +119,10 @@ pub(crate) struct Liveness {
     strikes: u32,
     /// The newest ping sent (nonce `next_nonce - 1`, timestamp `last_ping` in µs) is unanswered.
     outstanding: bool,
+    /// The peer drives the heartbeat (a server with a pinging client): our first ping of a silence
+    /// waits `1.25 × interval` instead of `interval`, so that a client pinging every `interval` is
+    /// answered, not pinged as well (while a late client still gets probed soon).
+    passive: bool,
 }
 
 impl Liveness {
@@ -146,6 +150,7 @@ impl Liveness {
             next_nonce: 0,
             strikes: 0,
             outstanding: false,
+            passive: false,
         };
         l.deadline = l.compute_deadline();
         l
@@ -322,8 +327,25 @@ impl Liveness {
         if self.last_ping != NEVER && self.last_ping >= start {
             self.last_ping.saturating_add(self.interval)
         } else {
-            start.saturating_add(self.interval)
+            start.saturating_add(self.first_ping())
         }
+    }
+
+    /// Silence before the first ping: `interval`, or for a passive side `1.25 × interval` (never past
+    /// halfway between `interval` and `timeout`, so a probe still goes out well before conviction).
+    fn first_ping(&self) -> u64 {
+        if self.passive {
+            let half_way = self.interval + self.timeout.saturating_sub(self.interval) / 2;
+            (self.interval + self.interval / 4).min(half_way)
+        } else {
+            self.interval
+        }
+    }
+
+    /// Makes this side passive (see the `passive` field): a server whose client pings.
+    pub(crate) fn set_passive(&mut self, passive: bool) {
+        self.passive = passive;
+        self.deadline = self.compute_deadline();
     }
 
     /// Retransmission-style timeout of a probe: `srtt + 4 * rttvar`, capped at `timeout`

@@ -25,6 +25,12 @@ pub struct ServerPolicy {
     pub max_timeout: Duration,
     /// Strikes that close the connection with `TooManyPings`. Default 3.
     pub max_ping_strikes: u32,
+    /// Client-driven heartbeats (MQTT keep-alive style): the server answers the client's pings and
+    /// probes only after `1.25 × interval` of silence, instead of also pinging after `interval`. On a
+    /// healthy path this halves heartbeat traffic (one PING/PONG per interval instead of up to two). On
+    /// a path whose delay jitters by a large share of the timeout, the server's own pings are extra
+    /// signs of life for the client: there keep the default. Default false.
+    pub client_driven: bool,
 }
 
 impl Default for ServerPolicy {
@@ -35,6 +41,7 @@ impl Default for ServerPolicy {
             min_timeout: Duration::from_secs(3),
             max_timeout: Duration::from_secs(180),
             max_ping_strikes: 3,
+            client_driven: false,
         }
     }
 }

@@ -226,3 +226,47 @@ fn phi_accrual_suspects_then_convicts_before_timeout() {
         dead - last
     );
 }
+
+/// `ServerPolicy::client_driven`: with a client pinging every interval on a clean path, the server only
+/// answers (no PING of its own, half the heartbeat traffic of the default), yet a client that goes
+/// silent is still probed and convicted at the timeout.
+#[test]
+fn client_driven_server_answers_instead_of_pinging_and_still_convicts() {
+    let mut server_cfg = cfg(1000, 3000);
+    server_cfg.policy.client_driven = true;
+    let mut p = Pair::new(cfg(1000, 3000), server_cfg, 11);
+    assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
+    p.run_for(Duration::from_secs(60));
+    let client_pings = pings(&p.client.frames_out());
+    assert!(
+        client_pings >= 55,
+        "client pinged {client_pings} times in 60 s"
+    );
+    assert_eq!(
+        pings(&p.server.frames_out()),
+        0,
+        "a client-driven server does not ping"
+    );
+
+    // The default server pings too.
+    let mut q = Pair::new(cfg(1000, 3000), cfg(1000, 3000), 11);
+    assert!(q.run_until(Duration::from_secs(1), |q| q.connected()));
+    q.run_for(Duration::from_secs(60));
+    assert!(pings(&q.server.frames_out()) > 0);
+
+    // The client goes silent: the server probes after 1.25 × interval and convicts at the timeout.
+    let before = pings(&p.server.frames_out());
+    p.client.crashed = true;
+    p.c2s.blackhole = true;
+    let silent_from = p.now;
+    assert!(p.run_until(Duration::from_secs(10), |p| p.server.dead_at().is_some()));
+    assert!(
+        pings(&p.server.frames_out()) > before,
+        "no probe before conviction"
+    );
+    let detected = p.server.dead_at().unwrap() - silent_from;
+    assert!(
+        detected <= Duration::from_millis(3000 + 1),
+        "convicted {detected:?} after the silence began"
+    );
+}
