@@ -315,14 +315,17 @@ fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Waits for SIGINT or SIGTERM; returns the signal's name.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Watches SIGINT and SIGTERM from the moment it is called (the handlers are installed before it
+/// returns); the returned future resolves with the signal's name.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
 
@@ -336,7 +339,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Watch signals before anything is announced, so a script that signals right after the
     // "listening" line is not killed by the default handler.
-    let signal = tokio::spawn(shutdown_signal());
+    let signal = shutdown_signal()?;
     let mut server = Server::bind(settings.server_config())
         .with_context(|| format!("cannot listen on {}", settings.listen.value))?;
     let addr = server.local_addr();
@@ -389,11 +392,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 None => break "server stopped",
             },
             _ = ticker.tick() => status.tick(handle.connections()),
-            sig = &mut signal => break match sig {
-                Ok(Ok(name)) => name,
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(anyhow::anyhow!("signal watcher failed: {e}")),
-            },
+            name = &mut signal => break name,
         }
     };
     eprintln!(
@@ -426,10 +425,23 @@ fn on_event(event: &ServerEvent, status: &Status, handle: &vitals::ServerHandle,
             resumed,
             ..
         } => tracing::debug!(%conn, %peer, resumed, "connected"),
-        ServerEvent::Message { conn, payload, .. } if echo => {
-            match handle.send(*conn, payload.clone()) {
+        ServerEvent::Message {
+            conn,
+            session,
+            payload,
+        } if echo => {
+            // To the session rather than the connection: if the connection is being replaced
+            // (max age, a resume elsewhere), the echo waits in the session and is replayed.
+            let sent = match session {
+                Some(s) => handle.send_to_session(*s, payload.clone()),
+                None => handle.send(*conn, payload.clone()),
+            };
+            match sent {
                 Ok(()) => status.echoed(),
-                Err(e) => tracing::debug!(%conn, error = %e, "echo not queued"),
+                Err(e) => {
+                    status.echo_failed();
+                    tracing::warn!(%conn, error = %e, "echo not queued");
+                }
             }
         }
         ServerEvent::Closed { conn, reason, .. } => {

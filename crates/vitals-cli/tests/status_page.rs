@@ -81,7 +81,14 @@ fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
 fn connect_client(d: &Daemon) -> Guard {
     Guard(
         Command::new(bin())
-            .args(["connect", &d.addr.to_string(), "--interval", "200ms", "--timeout", "1s"])
+            .args([
+                "connect",
+                &d.addr.to_string(),
+                "--interval",
+                "200ms",
+                "--timeout",
+                "1s",
+            ])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -163,7 +170,11 @@ fn status_page_in_headless_chromium_shows_the_live_numbers() {
         let before = &s[path[0]][path[1]];
         let now = &after[path[0]][path[1]];
         assert_eq!(before, now, "{id} moved while the page loaded");
-        assert_eq!(shown(id), now.to_string(), "#{id} on the page vs /status.json");
+        assert_eq!(
+            shown(id),
+            now.to_string(),
+            "#{id} on the page vs /status.json"
+        );
     }
     assert_eq!(shown("conn-open"), "4");
     assert_eq!(shown("convictions"), "1");
@@ -174,7 +185,10 @@ fn status_page_in_headless_chromium_shows_the_live_numbers() {
     );
     let p50: f64 = shown("rtt-p50").parse().expect("p50 is a number");
     assert!(p50 > 0.0, "p50 shown as {p50}");
-    assert!(dom.matches("<rect").count() >= 2, "histogram/chart bars drawn");
+    assert!(
+        dom.matches("<rect").count() >= 2,
+        "histogram/chart bars drawn"
+    );
     assert!(dom.contains("<polyline"), "connections chart drawn");
 
     // The screenshot, kept as an artefact (not committed).

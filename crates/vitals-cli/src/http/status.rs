@@ -148,7 +148,7 @@ pub(crate) struct Messages {
     pub(crate) bytes: u64,
     /// Echoed back (with `--echo`).
     pub(crate) echoed: u64,
-    /// Sends the server refused (buffer full, session unconfirmed).
+    /// Sends the server refused (buffer full, session unconfirmed, session mid-resume).
     pub(crate) refused: u64,
 }
 
@@ -261,6 +261,11 @@ impl Status {
     /// Counts one message echoed back.
     pub(crate) fn echoed(&self) {
         self.lock().echoed += 1;
+    }
+
+    /// Counts one echo the server handle would not queue (e.g. the session was being resumed).
+    pub(crate) fn echo_failed(&self) {
+        self.lock().send_refused += 1;
     }
 
     /// Starts a new one-second bucket, noting `open` connections.
