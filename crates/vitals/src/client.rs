@@ -7,6 +7,11 @@
 //! acknowledged) is kept, and [`Client::send`] keeps queueing into it; on reconnect the core replays what
 //! the server has not acknowledged.
 //!
+//! TLS ([`ClientConfig::tls`]): a rustls client state machine sits between the socket and the core, in
+//! the same readiness-driven loop — socket bytes are fed to rustls and its plaintext to the core; the
+//! core's output is encrypted into rustls and its records written as the socket takes them. Back-pressure,
+//! reconnect and resume work as over plaintext; each reconnect makes a new TLS handshake.
+//!
 //! Guarantees: with a server that keeps the session (a resume succeeds), every message arrives exactly
 //! once, in order, both ways. If the server lost the session (restart with the in-memory store, expiry),
 //! the client is told ([`ClientEvent::SessionLost`]), opens a new session and re-sends its unacknowledged
@@ -14,6 +19,7 @@
 //! (at-least-once across a lost session), and messages the server had queued for us are gone.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +39,7 @@ use crate::error::Error;
 use crate::event::{ClientEvent, DisconnectReason};
 use crate::metrics as m;
 use crate::socket::SocketOptions;
+use crate::tls::{Fed, feed, write_out};
 
 /// First size of a connection's read buffer; it doubles while reads fill it, up to [`READ_BUF_MAX`], so
 /// that an idle heartbeating client holds 2 KiB, not 64.
@@ -329,6 +336,31 @@ impl Task {
         if let Err(e) = SocketOptions::for_timeout(timeout).apply(&stream) {
             tracing::debug!(error = %e, "socket options not applied");
         }
+        let tls = match &self.cfg.tls {
+            None => None,
+            Some(t) => {
+                match rustls::ClientConnection::new(Arc::clone(&t.config), t.server_name.clone()) {
+                    Ok(mut tls) => {
+                        // Back-pressure is the core's replay buffer: rustls only ever holds one batch.
+                        tls.set_buffer_limit(None);
+                        Some(Box::new(tls))
+                    }
+                    Err(e) => {
+                        // A configuration that cannot make a TLS session will not get better: stop.
+                        tracing::error!(error = %e, "TLS client session not created");
+                        return Ended {
+                            reason: DisconnectReason::Tls(e.to_string()),
+                            session: None,
+                            lost: None,
+                            next_config: None,
+                            connected_at: None,
+                            established: false,
+                            closing: true,
+                        };
+                    }
+                }
+            }
+        };
         let resuming = self.session.as_ref().map(|s| (s.id(), s.unacked()));
         let mut proto = match (self.cfg.codec, self.session.take()) {
             (Codec::Json, _) => Connection::json(now, Role::Client, self.cfg.json),
@@ -345,6 +377,7 @@ impl Task {
         }
         let mut conn = ConnIo {
             stream,
+            tls,
             buf: vec![0; READ_BUF_MIN],
             out: Vec::new(),
             out_off: 0,
@@ -555,6 +588,8 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 /// The socket side of one client connection.
 struct ConnIo {
     stream: TcpStream,
+    /// TLS between the socket and the core, when configured.
+    tls: Option<Box<rustls::ClientConnection>>,
     buf: Vec<u8>,
     out: Vec<u8>,
     out_off: usize,
@@ -562,11 +597,17 @@ struct ConnIo {
 
 impl ConnIo {
     fn has_pending(&self) -> bool {
-        self.out_off < self.out.len()
+        match &self.tls {
+            Some(tls) => tls.wants_write(),
+            None => self.out_off < self.out.len(),
+        }
     }
 
     /// Writes what the core has to send, as far as the socket takes it.
     fn flush(&mut self, proto: &mut Connection) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            return flush_tls(tls, &self.stream, proto, &mut self.out);
+        }
         loop {
             if !self.has_pending() {
                 self.out.clear();
@@ -596,7 +637,24 @@ impl ConnIo {
                 Ok(0) => return Some(DisconnectReason::Eof),
                 Ok(n) => {
                     metrics::counter!(m::BYTES_IN).increment(n as u64);
-                    proto.handle_input(Instant::now(), &self.buf[..n]);
+                    let now = Instant::now();
+                    // Only what reaches the core is a sign of life: with TLS, decrypted bytes.
+                    match self.tls.as_mut() {
+                        None => proto.handle_input(now, &self.buf[..n]),
+                        Some(tls) => match feed(tls, &self.buf[..n], |plain| {
+                            proto.handle_input(now, plain);
+                            !proto.is_closed()
+                        }) {
+                            Fed::Open | Fed::Stopped => {}
+                            Fed::PeerClosed => return Some(DisconnectReason::Eof),
+                            Fed::Failed(detail) => {
+                                tracing::debug!(error = %detail, "TLS failure");
+                                // Best effort: the alert rustls queued tells the server why.
+                                let _ = write_out(tls, &mut TryWriter(&self.stream));
+                                return Some(DisconnectReason::Tls(detail));
+                            }
+                        },
+                    }
                     if n == self.buf.len() && n < READ_BUF_MAX {
                         self.buf.resize(n * 2, 0);
                     }
@@ -609,5 +667,54 @@ impl ConnIo {
                 Err(e) => return Some(DisconnectReason::from_io(&e)),
             }
         }
+    }
+}
+
+/// Writes a TLS connection's output: the records rustls holds first, then — only once those have left —
+/// more of the core's output, encrypted. Once the core is closed and drained, `close_notify` follows.
+fn flush_tls(
+    tls: &mut rustls::ClientConnection,
+    stream: &TcpStream,
+    proto: &mut Connection,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    loop {
+        let n = write_out(tls, &mut TryWriter(stream))?;
+        metrics::counter!(m::BYTES_OUT).increment(n as u64);
+        if tls.wants_write() {
+            return Ok(());
+        }
+        out.clear();
+        while out.len() < OUT_BATCH && proto.poll_transmit(out) > 0 {}
+        if out.is_empty() {
+            if proto.is_closed() {
+                // Idempotent in rustls: sent once, then a no-op.
+                tls.send_close_notify();
+                if tls.wants_write() {
+                    continue;
+                }
+            }
+            return Ok(());
+        }
+        // Before the handshake completes rustls keeps this as plaintext and sends it afterwards.
+        io::Write::write_all(&mut tls.writer(), out)?;
+    }
+}
+
+/// `io::Write` over a tokio socket's non-blocking `try_write` (`WouldBlock` when the socket is full),
+/// for rustls' `write_tls`.
+struct TryWriter<'a>(&'a TcpStream);
+
+impl io::Write for TryWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

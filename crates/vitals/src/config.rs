@@ -1,11 +1,13 @@
 //! Configuration of the server and the client, with the defaults an operator would expect.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vitals_proto::{Config as ProtoConfig, JsonConfig, LivenessConfig};
 
 use crate::backoff::BackoffConfig;
+use crate::tls::ClientTls;
 
 /// Which wire protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,6 +44,11 @@ pub struct ServerConfig {
     /// Most bytes queued for a connection whose socket does not drain; beyond it the connection is
     /// closed with [`DisconnectReason::WriteStall`](crate::DisconnectReason::WriteStall). Default 4 MiB.
     pub max_write_buffer: usize,
+    /// Serve TLS with this rustls configuration (see
+    /// [`tls::server_config_from_pem_files`](crate::tls::server_config_from_pem_files)). Every
+    /// connection must then be TLS; a plaintext peer is closed with
+    /// [`DisconnectReason::Tls`](crate::DisconnectReason::Tls). Default none (plaintext).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +65,7 @@ impl Default for ServerConfig {
             max_connection_age: None,
             tick: Duration::from_millis(1),
             max_write_buffer: 4 << 20,
+            tls: None,
         }
     }
 }
@@ -102,6 +110,10 @@ pub struct ClientConfig {
     /// Local address to connect from (e.g. another 127.0.0.x to get more ephemeral ports). Default: the
     /// system's choice.
     pub bind: Option<std::net::IpAddr>,
+    /// Speak TLS with this configuration and server name (see
+    /// [`tls::client_config_from_ca_file`](crate::tls::client_config_from_ca_file)). Default none
+    /// (plaintext).
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -116,6 +128,7 @@ impl ClientConfig {
             backoff: BackoffConfig::default(),
             reconnect: true,
             bind: None,
+            tls: None,
         }
     }
 

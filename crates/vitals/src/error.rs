@@ -20,6 +20,10 @@ pub enum Error {
     /// The payload cannot be sent in this mode (e.g. not one JSON object in JSON mode).
     #[error("cannot send: {0}")]
     Rejected(String),
+    /// TLS could not be set up: unreadable or invalid certificate, key or CA input, or a rustls
+    /// configuration error. The text names the file or input; it never contains key material.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// The server or client has shut down.
     #[error("shut down")]
     Shutdown,

@@ -41,6 +41,10 @@ pub enum DisconnectReason {
         /// The reason we gave.
         reason: String,
     },
+    /// The TLS layer failed: a failed handshake (e.g. the peer does not trust our certificate, or we do
+    /// not trust the peer's), a record that does not decrypt, or a peer that does not speak TLS at all.
+    /// The detail is rustls' description.
+    Tls(String),
     /// Another I/O error.
     Io(String),
 }
@@ -60,6 +64,7 @@ impl DisconnectReason {
             DisconnectReason::MaxAge => "max_age",
             DisconnectReason::PeerClosed { .. } => "peer_closed",
             DisconnectReason::LocalClose { .. } => "local_close",
+            DisconnectReason::Tls(_) => "tls",
             DisconnectReason::Io(_) => "io",
         }
     }

@@ -7,6 +7,8 @@
 //!   [`backoff`] and resuming its session.
 //! - [`config`], [`event`], [`error`]: settings, what the application is told, what can fail.
 //! - [`socket`]: TCP options derived from the liveness timeout; [`metrics`]: metric names.
+//! - [`tls`]: TLS through rustls as a sans-IO state machine on both sides, and helpers that build its
+//!   configuration from PEM files (`rustls` is re-exported so that versions match).
 //!
 //! The protocol itself (frames, liveness, sessions) lives in the sans-IO crate `vitals-proto`; this crate
 //! only moves bytes and time in and out of it.
@@ -19,10 +21,13 @@ pub mod event;
 pub mod metrics;
 pub mod server;
 pub mod socket;
+pub mod tls;
 
 pub use client::{Client, ClientSender};
 pub use config::{ClientConfig, Codec, ServerConfig};
 pub use error::Error;
 pub use event::{ClientEvent, ConnId, DisconnectReason, ServerEvent};
+pub use rustls;
 pub use server::{Server, ServerHandle};
+pub use tls::ClientTls;
 pub use vitals_proto;

@@ -31,7 +31,8 @@ pub const REPLAYED: &str = "vitals_replayed_messages_total";
 pub const BYTES_IN: &str = "vitals_bytes_in_total";
 /// Counter: bytes written to peers.
 pub const BYTES_OUT: &str = "vitals_bytes_out_total";
-/// Counter: connections closed for bad input, labelled `reason`.
+/// Counter: connections closed for bad input (protocol errors, ping abuse, TLS failures), labelled
+/// `reason`.
 pub const FRAMES_REJECTED: &str = "vitals_frames_rejected_total";
 /// Counter: ping strikes given to clients that ping too often.
 pub const PING_STRIKES: &str = "vitals_ping_strikes_total";
@@ -41,7 +42,10 @@ pub const LOCAL_STALLS: &str = "vitals_local_stalls_total";
 /// Records one ended connection under its reason (and as a rejected frame when input was bad).
 pub(crate) fn disconnect(reason: &DisconnectReason) {
     metrics::counter!(DISCONNECTS, "reason" => reason.label()).increment(1);
-    if let DisconnectReason::ProtocolError(_) | DisconnectReason::PingAbuse = reason {
+    if let DisconnectReason::ProtocolError(_)
+    | DisconnectReason::PingAbuse
+    | DisconnectReason::Tls(_) = reason
+    {
         metrics::counter!(FRAMES_REJECTED, "reason" => reason.label()).increment(1);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Kept compact: while idle a connection owns no buffer of its own (reads go through the loop's scratch
 //! buffer, writes through the loop's output buffer); `pending` gets capacity only while the socket
-//! refuses bytes.
+//! refuses bytes. A TLS connection adds its boxed rustls state; a plaintext one pays one null pointer.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -26,8 +26,11 @@ pub(crate) struct Conn {
     pub(crate) writable: bool,
     /// Waiting for another loop to hand over a session being resumed.
     pub(crate) awaiting_resume: bool,
+    /// `session_id` holds the session (kept as two fields, not an `Option<SessionId>`, which would
+    /// cost 8 more bytes of padding per connection).
+    has_session: bool,
+    session_id: u64,
     pub(crate) proto: Connection,
-    pub(crate) session: Option<SessionId>,
     /// The wheel entry holding this connection's next deadline.
     pub(crate) timer: Option<Key>,
     /// Max-age deadline, if configured.
@@ -36,10 +39,15 @@ pub(crate) struct Conn {
     pub(crate) backlog: Option<Box<Backlog>>,
     /// Why and how it is ending, once it is.
     pub(crate) ending: Option<Box<Ending>>,
+    /// The TLS state machine, on a TLS server. Socket bytes go through it both ways; the protocol core
+    /// only ever sees plaintext.
+    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// Output the socket refused.
 pub(crate) struct Backlog {
+    /// Plaintext connections: the refused bytes. TLS connections keep refused records inside rustls
+    /// (`wants_write()`), so this stays empty and only `since` matters.
     pub(crate) bytes: Vec<u8>,
     /// When the backlog appeared (a write stall is measured from here).
     pub(crate) since: Instant,
@@ -62,6 +70,7 @@ impl Conn {
         proto: Connection,
         generation: u32,
         expires: Option<Instant>,
+        tls: Option<Box<rustls::ServerConnection>>,
     ) -> Self {
         Conn {
             stream,
@@ -69,13 +78,25 @@ impl Conn {
             broken: false,
             writable: false,
             awaiting_resume: false,
+            has_session: false,
+            session_id: 0,
             proto,
-            session: None,
             timer: None,
             expires,
             backlog: None,
             ending: None,
+            tls,
         }
+    }
+
+    /// The session, once the handshake established (or resumed) one.
+    pub(crate) fn session(&self) -> Option<SessionId> {
+        self.has_session.then_some(SessionId(self.session_id))
+    }
+
+    pub(crate) fn set_session(&mut self, session: SessionId) {
+        self.has_session = true;
+        self.session_id = session.0;
     }
 
     /// The peer's address (asked of the socket: not worth storing in every connection).
@@ -192,7 +213,13 @@ mod tests {
     #[test]
     fn the_inline_connection_state_stays_small() {
         // stream (fd), generation, flags, protocol core handle, session id, wheel key, max-age deadline,
-        // and two optional boxes. Everything else lives in the protocol core.
+        // and three optional boxes (backlog, ending, TLS). Everything else lives in the protocol core.
+        // (mio's stream is 16 bytes in debug builds, 4 in release: 104 here is 88 in release.)
+        eprintln!(
+            "Conn: {} bytes inline; with TLS + boxed rustls::ServerConnection: {} bytes",
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<rustls::ServerConnection>()
+        );
         assert!(
             std::mem::size_of::<Conn>() <= 104,
             "{}",

@@ -7,6 +7,11 @@
 //! connection: hand its events to the application, write what it has to send, re-arm its deadline.
 //! A heartbeat costs one `epoll_wait` share, one `read`, one `write`; a reset of a deadline to later only
 //! stores it (the wheel re-files lazily).
+//!
+//! TLS (when configured) sits between the socket and the protocol core of each connection as a rustls
+//! state machine: read bytes are fed to it and only the plaintext it yields reaches the core; the core's
+//! output is written into it and its records go to the socket. Refused records stay inside rustls, so a
+//! TLS connection's backlog is "rustls still wants to write", with the same stall rules.
 
 use std::io;
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
 use crate::metrics as m;
 use crate::socket::SocketOptions;
+use crate::tls::{Fed, feed, write_out};
 
 /// Token of the listener.
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -172,7 +178,8 @@ impl Loop {
             // Read what the peer already sent (its HELLO) so that closing sends FIN, not RST, and the
             // CLOSE frame reaches it.
             let _ = read_into(&mut stream, &mut self.scratch, false, |_| true);
-            if cfg.codec == Codec::Binary {
+            // A TLS client would read a plaintext CLOSE as a bad record: it just sees the close.
+            if cfg.codec == Codec::Binary && cfg.tls.is_none() {
                 let mut buf = Vec::new();
                 vitals_proto::frame::encode_close(&mut buf, CloseCode::ServerFull, "server full");
                 let _ = write_some(&mut stream, &buf);
@@ -183,6 +190,22 @@ impl Loop {
         if let Err(e) = self.socket_options.apply(&stream) {
             tracing::debug!(%peer, error = %e, "socket options not applied");
         }
+        let tls = match &cfg.tls {
+            None => None,
+            Some(tls_cfg) => match rustls::ServerConnection::new(Arc::clone(tls_cfg)) {
+                Ok(mut tls) => {
+                    // rustls takes each batch whole; what the socket refuses is checked against
+                    // `max_write_buffer` in `flush_tls`, as a plaintext backlog is.
+                    tls.set_buffer_limit(None);
+                    Some(Box::new(tls))
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "TLS session not created; dropping connection");
+                    self.shared.open.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            },
+        };
         let proto = match cfg.codec {
             Codec::Binary => Connection::server(now, cfg.proto, fresh_keys()),
             Codec::Json => Connection::json(now, Role::Server, cfg.json),
@@ -205,7 +228,7 @@ impl Loop {
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        entry.insert(Conn::new(stream, proto, generation, expires));
+        entry.insert(Conn::new(stream, proto, generation, expires, tls));
         metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
         metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
         if cfg.codec == Codec::Json {
@@ -251,13 +274,43 @@ impl Loop {
             }
             return;
         }
-        let proto = &mut conn.proto;
-        let (n, ended) = read_into(&mut conn.stream, &mut self.scratch, read_closed, |chunk| {
-            proto.handle_input(now, chunk);
-            !proto.is_closed()
+        let Conn {
+            stream, proto, tls, ..
+        } = conn;
+        // Only what reaches the protocol core is a sign of life: with TLS, decrypted application bytes.
+        let mut tls_end = None;
+        let (n, ended) = read_into(stream, &mut self.scratch, read_closed, |chunk| match tls {
+            None => {
+                proto.handle_input(now, chunk);
+                !proto.is_closed()
+            }
+            Some(tls) => match feed(tls, chunk, |plain| {
+                proto.handle_input(now, plain);
+                !proto.is_closed()
+            }) {
+                Fed::Open => true,
+                Fed::Stopped => false,
+                Fed::PeerClosed => {
+                    tls_end = Some(DisconnectReason::Eof);
+                    false
+                }
+                Fed::Failed(detail) => {
+                    tls_end = Some(DisconnectReason::Tls(detail));
+                    false
+                }
+            },
         });
         metrics::counter!(m::BYTES_IN).increment(n as u64);
-        if let Some(reason) = ended {
+        if let Some(reason) = tls_end {
+            if let DisconnectReason::Tls(detail) = &reason {
+                tracing::debug!(peer = %conn.peer(), error = %detail, "TLS failure");
+            }
+            if let (DisconnectReason::Tls(_), Some(tls)) = (&reason, conn.tls.as_mut()) {
+                // Best effort: the alert rustls queued tells the peer why.
+                let _ = write_out(tls, &mut conn.stream);
+            }
+            conn.break_with(reason);
+        } else if let Some(reason) = ended {
             conn.break_with(reason);
         }
     }
@@ -324,7 +377,7 @@ impl Loop {
         let _span = tracing::debug_span!(
             "conn",
             id = %self.id(idx, conn.generation),
-            session = ?conn.session
+            session = ?conn.session()
         )
         .entered();
         self.dispatch_events(idx, now);
@@ -372,7 +425,7 @@ impl Loop {
                 Event::Connected {
                     session, resumed, ..
                 } => {
-                    conn.session = Some(session);
+                    conn.set_session(session);
                     self.shared.sessions().routes.insert(session, id);
                     if resumed {
                         metrics::counter!(m::RESUMES).increment(1);
@@ -386,7 +439,7 @@ impl Loop {
                 }
                 Event::Message { payload, .. } => Some(ServerEvent::Message {
                     conn: id,
-                    session: conn.session,
+                    session: conn.session(),
                     payload,
                 }),
                 Event::Rtt(rtt) => {
@@ -409,7 +462,7 @@ impl Loop {
                     None
                 }
                 Event::Dead { silent_for } => {
-                    tracing::info!(peer = %conn.peer(), session = ?conn.session, ?silent_for, "peer convicted: silent too long");
+                    tracing::info!(peer = %conn.peer(), session = ?conn.session(), ?silent_for, "peer convicted: silent too long");
                     conn.end(DisconnectReason::SilenceTimeout);
                     None
                 }
@@ -495,36 +548,52 @@ impl Loop {
             return;
         }
         let mut written = 0usize;
-        let result = (|| -> io::Result<()> {
-            if let Some(backlog) = conn.backlog.as_mut() {
-                let n = write_some(&mut conn.stream, &backlog.bytes)?;
-                written += n;
-                backlog.bytes.drain(..n);
-                if !backlog.bytes.is_empty() {
-                    return Ok(());
+        let result = if let Some(tls) = conn.tls.as_mut() {
+            flush_tls(
+                tls,
+                &mut conn.stream,
+                &mut conn.proto,
+                &mut conn.backlog,
+                &mut self.out,
+                &mut written,
+                now,
+                max_buffer,
+            )
+        } else {
+            (|| -> io::Result<()> {
+                if let Some(backlog) = conn.backlog.as_mut() {
+                    let n = write_some(&mut conn.stream, &backlog.bytes)?;
+                    written += n;
+                    backlog.bytes.drain(..n);
+                    if !backlog.bytes.is_empty() {
+                        return Ok(());
+                    }
+                    conn.backlog = None;
                 }
-                conn.backlog = None;
-            }
-            loop {
-                self.out.clear();
-                while self.out.len() < OUT_BATCH && conn.proto.poll_transmit(&mut self.out) > 0 {}
-                if self.out.is_empty() {
-                    return Ok(());
+                loop {
+                    self.out.clear();
+                    while self.out.len() < OUT_BATCH && conn.proto.poll_transmit(&mut self.out) > 0
+                    {
+                    }
+                    if self.out.is_empty() {
+                        return Ok(());
+                    }
+                    let n = write_some(&mut conn.stream, &self.out)?;
+                    written += n;
+                    if n < self.out.len() {
+                        conn.backlog = Some(Box::new(Backlog {
+                            bytes: self.out[n..].to_vec(),
+                            since: now,
+                        }));
+                        return Ok(());
+                    }
                 }
-                let n = write_some(&mut conn.stream, &self.out)?;
-                written += n;
-                if n < self.out.len() {
-                    conn.backlog = Some(Box::new(Backlog {
-                        bytes: self.out[n..].to_vec(),
-                        since: now,
-                    }));
-                    return Ok(());
-                }
-            }
-        })();
+            })()
+            .map_err(|e| DisconnectReason::from_io(&e))
+        };
         metrics::counter!(m::BYTES_OUT).increment(written as u64);
-        if let Err(e) = result {
-            conn.break_with(DisconnectReason::from_io(&e));
+        if let Err(reason) = result {
+            conn.break_with(reason);
             return;
         }
         if conn
@@ -619,10 +688,10 @@ impl Loop {
         self.shared.open.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
         m::disconnect(&reason);
-        tracing::debug!(peer = %conn.peer(), session = ?conn.session, reason = reason.label(), "connection closed");
+        tracing::debug!(peer = %conn.peer(), session = ?conn.session(), reason = reason.label(), "connection closed");
         let _ = self.events.send(ServerEvent::Closed {
             conn: id,
-            session: conn.session,
+            session: conn.session(),
             reason,
         });
     }
@@ -653,7 +722,7 @@ impl Loop {
                             let reason = match room {
                                 vitals_proto::Room::Never => "message larger than the send buffer",
                                 _ if self.shared.cfg.codec == Codec::Binary
-                                    && c.session.is_none() =>
+                                    && c.session().is_none() =>
                                 {
                                     "no session yet"
                                 }
@@ -720,6 +789,59 @@ impl Loop {
             }
             self.teardown(idx, now);
         }
+    }
+}
+
+/// Writes a TLS connection's output: first the records rustls still holds, then — only once those have
+/// left — more of the protocol core's output, encrypted. Records the socket refuses stay in rustls and
+/// make `backlog` exist (it carries the stall clock; its byte buffer stays empty); more than
+/// `max_buffer` of them is a write stall, as for a plaintext backlog. Once the core is closed and
+/// everything has been handed over, `close_notify` follows.
+#[allow(clippy::too_many_arguments)]
+fn flush_tls(
+    tls: &mut rustls::ServerConnection,
+    stream: &mut mio::net::TcpStream,
+    proto: &mut Connection,
+    backlog: &mut Option<Box<Backlog>>,
+    out: &mut Vec<u8>,
+    written: &mut usize,
+    now: Instant,
+    max_buffer: usize,
+) -> Result<(), DisconnectReason> {
+    let io_err = |e: io::Error| DisconnectReason::from_io(&e);
+    loop {
+        *written += write_out(tls, stream).map_err(io_err)?;
+        if tls.wants_write() {
+            // With no new input, this only reports the state: here, how many record bytes wait.
+            let queued = tls
+                .process_new_packets()
+                .map_or(0, |state| state.tls_bytes_to_write());
+            if queued > max_buffer {
+                return Err(DisconnectReason::WriteStall);
+            }
+            backlog.get_or_insert_with(|| {
+                Box::new(Backlog {
+                    bytes: Vec::new(),
+                    since: now,
+                })
+            });
+            return Ok(());
+        }
+        *backlog = None;
+        out.clear();
+        while out.len() < OUT_BATCH && proto.poll_transmit(out) > 0 {}
+        if out.is_empty() {
+            if proto.is_closed() {
+                // Idempotent in rustls: sent once, then a no-op.
+                tls.send_close_notify();
+                if tls.wants_write() {
+                    continue;
+                }
+            }
+            return Ok(());
+        }
+        // Before the handshake completes rustls keeps this as plaintext and sends it afterwards.
+        io::Write::write_all(&mut tls.writer(), out).map_err(io_err)?;
     }
 }
 

@@ -8,6 +8,9 @@
 //! acknowledged) goes to the session store, where a reconnecting client resumes it — on any loop. A
 //! message sent with [`ServerHandle::send_to_session`] while the client is away is queued in the stored
 //! session and delivered on resume.
+//!
+//! TLS: with [`ServerConfig::tls`](crate::ServerConfig::tls) set, every connection carries a boxed
+//! rustls server state machine between its socket and its protocol core (see [`engine`]).
 
 pub(crate) mod conn;
 pub(crate) mod engine;
@@ -108,7 +111,7 @@ impl Server {
                 .spawn(move || event_loop.run())?;
             threads.push(thread);
         }
-        tracing::info!(%addr, loops, codec = ?shared.cfg.codec, "vitals server listening");
+        tracing::info!(%addr, loops, codec = ?shared.cfg.codec, tls = shared.cfg.tls.is_some(), "vitals server listening");
         Ok(Server {
             handle: ServerHandle { shared },
             events,
@@ -245,6 +248,11 @@ fn validate(cfg: &ServerConfig) -> Result<(), Error> {
     }
     if cfg.tick.is_zero() {
         return Err(Error::Config("tick must be greater than zero".into()));
+    }
+    if let Some(tls) = &cfg.tls {
+        // Fail at bind, not at each accept, when the rustls configuration cannot serve.
+        rustls::ServerConnection::new(Arc::clone(tls))
+            .map_err(|e| Error::Tls(format!("the server TLS configuration is unusable: {e}")))?;
     }
     Ok(())
 }
