@@ -183,6 +183,7 @@ pub(crate) enum FileValue<T> {
 /// max_connection_age = "10m"  # or "off"
 /// http = "127.0.0.1:9100"     # or "off"
 /// echo = false
+/// client_driven = false
 /// drain = "5s"
 /// ```
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -206,6 +207,8 @@ pub(crate) struct ServeFile {
     pub(crate) http: Option<String>,
     /// Echo every message back to its sender.
     pub(crate) echo: Option<bool>,
+    /// Client-driven heartbeats.
+    pub(crate) client_driven: Option<bool>,
     /// How long a graceful shutdown waits for queued bytes to leave.
     pub(crate) drain: Option<String>,
 }

@@ -39,6 +39,12 @@ pub(crate) struct ConnectArgs {
     /// Print RTT samples to stderr too.
     #[arg(long)]
     rtt: bool,
+    /// TLS: trust the server certificate issued by this PEM CA (enables TLS).
+    #[arg(long, env = "VITALS_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// TLS: the name to verify in the server's certificate [default: the host part of the address].
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
 }
 
 /// One stderr line for a client event (`None` for events not shown).
@@ -99,6 +105,20 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("`{}` resolves to no address", args.addr))?;
     let mut cfg = ClientConfig::new(addr).with_timing(args.timing.interval, args.timing.timeout);
     cfg.codec = args.timing.codec;
+    if let Some(ca) = &args.tls_ca {
+        let host = args
+            .addr
+            .rsplit_once(':')
+            .map_or(args.addr.as_str(), |(h, _)| h);
+        let name = args
+            .tls_server_name
+            .as_deref()
+            .unwrap_or(host.trim_matches(['[', ']']));
+        cfg.tls = Some(
+            vitals::tls::client_config_from_ca_file(ca, name)
+                .with_context(|| format!("cannot use --tls-ca {}", ca.display()))?,
+        );
+    }
     let mut client = Client::connect(cfg);
     let sender = client.sender();
 

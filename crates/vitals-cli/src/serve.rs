@@ -57,9 +57,20 @@ pub(crate) struct ServeArgs {
     /// Echo every message back to its sender [env: VITALS_ECHO].
     #[arg(long)]
     echo: bool,
+    /// Client-driven heartbeats: answer clients' pings and probe only after 1.25 × interval of
+    /// silence, instead of also pinging after `interval` (one ping/pong per interval instead of up to
+    /// two; see docs/LIVENESS.md for when not to) [env: VITALS_CLIENT_DRIVEN].
+    #[arg(long)]
+    client_driven: bool,
     /// On SIGINT/SIGTERM, give queued bytes this long to leave [env: VITALS_DRAIN] [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     drain: Option<Duration>,
+    /// TLS: PEM certificate chain to serve (with `--tls-key`; both or neither).
+    #[arg(long, env = "VITALS_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: PEM private key of the certificate.
+    #[arg(long, env = "VITALS_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// TOML file with any of the settings above (keys spelled like the flags, with `_`)
     /// [env: VITALS_CONFIG].
     #[arg(long, value_name = "FILE")]
@@ -92,6 +103,8 @@ pub(crate) struct Settings {
     pub(crate) http: Sourced<Option<SocketAddr>>,
     /// Echo messages.
     pub(crate) echo: Sourced<bool>,
+    /// Client-driven heartbeats.
+    pub(crate) client_driven: Sourced<bool>,
     /// Drain time at shutdown.
     pub(crate) drain: Sourced<Duration>,
 }
@@ -203,6 +216,13 @@ impl Settings {
                 parse_bool,
                 false,
             )?,
+            client_driven: l.pick(
+                names!("--client-driven", "VITALS_CLIENT_DRIVEN", "client_driven"),
+                args.client_driven.then_some(true),
+                file.client_driven.map(FileValue::Typed),
+                parse_bool,
+                false,
+            )?,
             drain: l.pick(
                 names!("--drain", "VITALS_DRAIN", "drain"),
                 args.drain,
@@ -292,6 +312,7 @@ impl Settings {
         policy.min_timeout = timeout;
         policy.max_interval = policy.max_interval.max(interval);
         policy.max_timeout = policy.max_timeout.max(timeout);
+        policy.client_driven = self.client_driven.value;
         cfg
     }
 }
@@ -340,8 +361,28 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Watch signals before anything is announced, so a script that signals right after the
     // "listening" line is not killed by the default handler.
     let signal = shutdown_signal()?;
-    let mut server = Server::bind(settings.server_config())
-        .with_context(|| format!("cannot listen on {}", settings.listen.value))?;
+    let mut cfg = settings.server_config();
+    cfg.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            vitals::tls::server_config_from_pem_files(cert, key).with_context(|| {
+                format!(
+                    "cannot load --tls-cert {} / --tls-key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?,
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "give both --tls-cert and --tls-key (a PEM certificate chain and its key), or neither"
+        ),
+    };
+    let tls = cfg.tls.is_some();
+    let mut server =
+        Server::bind(cfg).with_context(|| format!("cannot listen on {}", settings.listen.value))?;
+    if tls {
+        tracing::info!("TLS enabled");
+    }
     let addr = server.local_addr();
     let handle = server.handle();
     let status = Arc::new(Status::new(Info {
@@ -475,7 +516,10 @@ mod tests {
             max_connection_age: None,
             http: None,
             echo: false,
+            client_driven: false,
             drain: None,
+            tls_cert: None,
+            tls_key: None,
             config: None,
         }
     }
@@ -498,8 +542,19 @@ mod tests {
         assert_eq!(s.http.value, None);
         assert!(!s.echo.value);
         let cfg = s.server_config();
+        assert!(!cfg.proto.policy.client_driven);
         assert_eq!(cfg.proto.policy.min_interval, Duration::from_secs(1));
         assert_eq!(cfg.max_connections, 100_000);
+    }
+
+    #[test]
+    fn client_driven_heartbeats_from_flag_or_env() {
+        let mut a = args();
+        a.client_driven = true;
+        let s = Settings::resolve(&a, &env_of(&[])).unwrap();
+        assert!(s.server_config().proto.policy.client_driven);
+        let s = Settings::resolve(&args(), &env_of(&[("VITALS_CLIENT_DRIVEN", "true")])).unwrap();
+        assert!(s.server_config().proto.policy.client_driven);
     }
 
     #[test]
