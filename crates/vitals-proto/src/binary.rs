@@ -810,6 +810,14 @@ impl Binary {
         self.live.pings_sent()
     }
 
+    pub(crate) fn session_id(&self) -> Option<SessionId> {
+        self.session().map(|s| s.id())
+    }
+
+    pub(crate) fn unacked(&self) -> usize {
+        self.session().map_or(0, |s| s.unacked())
+    }
+
     pub(crate) fn room_for(&self, len: usize) -> Room {
         match self.session() {
             Some(s) if self.has(CONFIRMED) => s.room_for(len),

@@ -283,6 +283,24 @@ impl Connection {
         }
     }
 
+    /// The session this connection carries (binary codec, once established or resumed).
+    pub fn session_id(&self) -> Option<SessionId> {
+        match &self.inner {
+            Inner::Binary(b) => b.session_id(),
+            Inner::Json(_) => None,
+        }
+    }
+
+    /// Messages sent and not yet acknowledged by the peer (binary codec: the replay buffer), or not yet
+    /// written (JSON codec, which has no acknowledgements). Zero means everything sent was delivered
+    /// (binary) or handed to the transport (JSON).
+    pub fn unacked(&self) -> usize {
+        match &self.inner {
+            Inner::Binary(b) => b.unacked(),
+            Inner::Json(j) => j.queued(),
+        }
+    }
+
     /// Whether [`send`](Self::send) would take a message of `len` bytes now, later (after acks or
     /// draining), or never.
     pub fn room_for(&self, len: usize) -> Room {

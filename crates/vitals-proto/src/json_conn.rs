@@ -374,6 +374,10 @@ impl Json {
         self.live.pings_sent()
     }
 
+    pub(crate) fn queued(&self) -> usize {
+        self.cold.as_ref().map_or(0, |c| c.queue.len())
+    }
+
     fn queued_bytes(&self) -> usize {
         self.cold.as_deref().map_or(0, |c| c.queued_bytes)
     }

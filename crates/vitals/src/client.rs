@@ -55,13 +55,22 @@ type Reply = oneshot::Sender<Result<(), Error>>;
 #[derive(Debug)]
 enum Cmd {
     Send { payload: Vec<u8>, done: Reply },
-    Close { done: oneshot::Sender<()> },
+}
+
+/// Control requests, on their own channel so that they are heard even while a send waits for room.
+#[derive(Debug)]
+enum Ctl {
+    /// Orderly close.
+    Close(oneshot::Sender<()>),
+    /// Answer once everything sent so far is acknowledged.
+    Flush(oneshot::Sender<()>),
 }
 
 /// A reconnecting, resuming client. Dropping it stops the task (without an orderly CLOSE; use
 /// [`close`](Self::close) for that).
 pub struct Client {
     cmds: mpsc::Sender<Cmd>,
+    ctl: mpsc::UnboundedSender<Ctl>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
     task: JoinHandle<()>,
 }
@@ -77,10 +86,12 @@ impl Client {
     /// [`next_event`](Self::next_event) for [`ClientEvent::Connected`].
     pub fn connect(cfg: ClientConfig) -> Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(Task::new(cfg, cmd_rx, ev_tx).run());
+        let task = tokio::spawn(Task::new(cfg, cmd_rx, ctl_rx, ev_tx).run());
         Client {
             cmds: cmd_tx,
+            ctl: ctl_tx,
             events,
             task,
         }
@@ -110,10 +121,22 @@ impl Client {
         self.events.try_recv().ok()
     }
 
-    /// Orderly close: sends CLOSE (`Normal`, ending the session on the server) and stops.
+    /// Waits until every message sent so far has been acknowledged by the server (binary codec), or
+    /// written to the socket (JSON codec, which has no acknowledgements) — across reconnects. Errors
+    /// with [`Error::Shutdown`] if the client stops first.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Flush(done))
+            .map_err(|_| Error::Shutdown)?;
+        wait.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Orderly close: sends CLOSE (`Normal`, ending the session on the server) and stops. Heard at
+    /// once, also while a send waits for room or the client is offline (then there is no CLOSE to send).
     pub async fn close(mut self) {
         let (done, wait) = oneshot::channel();
-        if self.cmds.send(Cmd::Close { done }).await.is_ok() {
+        if self.ctl.send(Ctl::Close(done)).is_ok() {
             let _ = wait.await;
         }
         let _ = (&mut self.task).await;
@@ -166,8 +189,11 @@ struct Ended {
 struct Task {
     cfg: ClientConfig,
     cmds: mpsc::Receiver<Cmd>,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
     events: mpsc::UnboundedSender<ClientEvent>,
     backoff: Backoff,
+    /// `flush` callers waiting for everything to be acknowledged.
+    flushers: Vec<oneshot::Sender<()>>,
     /// A message waiting for room in the replay buffer.
     blocked: Option<(Vec<u8>, Reply)>,
     /// Session kept between connections.
@@ -181,12 +207,15 @@ impl Task {
     fn new(
         cfg: ClientConfig,
         cmds: mpsc::Receiver<Cmd>,
+        ctl: mpsc::UnboundedReceiver<Ctl>,
         events: mpsc::UnboundedSender<ClientEvent>,
     ) -> Task {
         Task {
             backoff: Backoff::new(cfg.backoff),
             cfg,
             cmds,
+            ctl,
+            flushers: Vec::new(),
             events,
             blocked: None,
             session: None,
@@ -309,7 +338,11 @@ impl Task {
                                 self.blocked = Some((payload, done));
                             }
                         }
-                        Some(Cmd::Close { done }) => { let _ = done.send(()); return true; }
+                        None => return true,
+                    },
+                    ctl = self.ctl.recv() => match ctl {
+                        Some(Ctl::Close(done)) => { let _ = done.send(()); return true; }
+                        Some(Ctl::Flush(done)) => self.flushers.push(done),
                         None => return true,
                     },
                 }
@@ -318,7 +351,11 @@ impl Task {
                     _ = tokio::time::sleep_until(until) => return false,
                     cmd = self.cmds.recv(), if self.blocked.is_none() => match cmd {
                         Some(Cmd::Send { payload, done }) => self.blocked = Some((payload, done)),
-                        Some(Cmd::Close { done }) => { let _ = done.send(()); return true; }
+                        None => return true,
+                    },
+                    ctl = self.ctl.recv() => match ctl {
+                        Some(Ctl::Close(done)) => { let _ = done.send(()); return true; }
+                        Some(Ctl::Flush(done)) => self.flushers.push(done),
                         None => return true,
                     },
                 }
@@ -417,6 +454,11 @@ impl Task {
                 reason = Some(DisconnectReason::from_io(&e));
                 break;
             }
+            if !self.flushers.is_empty() && self.blocked.is_none() && proto.unacked() == 0 {
+                for done in self.flushers.drain(..) {
+                    let _ = done.send(());
+                }
+            }
             while let Some(event) = proto.poll_event() {
                 match event {
                     Event::Connected {
@@ -509,12 +551,20 @@ impl Task {
                             let _ = done.send(Err(Error::Rejected("message larger than the replay buffer".into())));
                         }
                     },
-                    Some(Cmd::Close { done }) => {
+                    None => {
+                        closing = true;
+                        proto.close(CloseCode::Normal, "client dropped");
+                        let _ = conn.flush(&mut proto);
+                    }
+                },
+                ctl = self.ctl.recv() => match ctl {
+                    Some(Ctl::Close(done)) => {
                         closing = true;
                         proto.close(CloseCode::Normal, "client closed");
                         let _ = conn.flush(&mut proto);
                         let _ = done.send(());
                     }
+                    Some(Ctl::Flush(done)) => self.flushers.push(done),
                     None => {
                         closing = true;
                         proto.close(CloseCode::Normal, "client dropped");

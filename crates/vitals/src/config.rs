@@ -79,13 +79,18 @@ impl ServerConfig {
         }
     }
 
-    /// Sets interval and timeout for both codecs (and, for the binary codec, the largest values the
-    /// server grants).
+    /// Sets interval and timeout for both codecs, and widens the binary codec's grant policy so that
+    /// clients proposing these values get them (the policy's bounds are only ever widened here).
     pub fn with_timing(mut self, interval: Duration, timeout: Duration) -> Self {
         self.proto.liveness.interval = interval;
         self.proto.liveness.timeout = timeout;
         self.json.liveness.interval = interval;
         self.json.liveness.timeout = timeout;
+        let policy = &mut self.proto.policy;
+        policy.min_interval = policy.min_interval.min(interval);
+        policy.max_interval = policy.max_interval.max(interval);
+        policy.min_timeout = policy.min_timeout.min(timeout);
+        policy.max_timeout = policy.max_timeout.max(timeout);
         self
     }
 }

@@ -143,3 +143,74 @@ async fn a_client_can_connect_from_a_chosen_source_address() {
     .await;
     assert_eq!(peer.ip().to_string(), "127.0.0.2");
 }
+
+/// `flush` returns once everything sent was acknowledged — so the server has delivered it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_until_the_server_acknowledged_everything() {
+    let mut server = Server::bind(server_config()).unwrap();
+    let client = Client::connect(client_config(&server));
+    for i in 0..1000u32 {
+        client.send(i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), client.flush())
+        .await
+        .expect("flush finished")
+        .unwrap();
+    // Acknowledged means delivered to the application: all 1,000 are already in the event queue.
+    let mut got = 0;
+    while let Some(e) = server.try_next_event() {
+        if matches!(e, ServerEvent::Message { .. }) {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 1000);
+}
+
+/// `close` is heard at once even while a send waits for room and the client is offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_hang_while_offline_with_a_blocked_send() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener); // nothing listens: the client stays offline
+    let mut cfg = vitals::ClientConfig::new(addr).with_timing(INTERVAL, TIMEOUT);
+    cfg.backoff.base = Duration::from_millis(20);
+    let client = Client::connect(cfg);
+    let sender = client.sender();
+    let blocked = tokio::spawn(async move { sender.send(b"waits".to_vec()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(2), client.close())
+        .await
+        .expect("close returned while a send was blocked");
+    let result = tokio::time::timeout(Duration::from_secs(2), blocked)
+        .await
+        .expect("the blocked send was answered")
+        .unwrap();
+    assert!(matches!(result, Err(vitals::Error::Shutdown)), "{result:?}");
+}
+
+/// A message sent to a connection that is gone comes back as `SendRefused`, never dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_closed_connection_comes_back() {
+    let mut server = Server::bind(server_config()).unwrap();
+    let client = Client::connect(client_config(&server));
+    let conn = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Connected { conn, .. } => Some(*conn),
+        _ => None,
+    })
+    .await;
+    client.close().await;
+    server_event(&mut server, Duration::from_secs(5), |e| {
+        matches!(e, ServerEvent::Closed { .. }).then_some(())
+    })
+    .await;
+    server.handle().send(conn, b"too late".to_vec()).unwrap();
+    let (payload, reason) = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::SendRefused {
+            payload, reason, ..
+        } => Some((payload.clone(), *reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(payload, b"too late");
+    assert_eq!(reason, "connection closed");
+}

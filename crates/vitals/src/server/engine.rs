@@ -519,6 +519,15 @@ impl Loop {
             tracing::debug!(purged = before, "expired sessions dropped");
         }
         conn.proto.resolve_resume(now, sessions.store.as_mut());
+        // Route the session to this connection in the same critical section that took it from the
+        // store, so that `send_to_session` never finds it in neither place.
+        if !conn.proto.is_closed()
+            && let Some(session) = conn.proto.session_id()
+        {
+            conn.set_session(session);
+            let generation = conn.generation;
+            sessions.routes.insert(session, self.id(idx, generation));
+        }
         drop(sessions);
         self.touched.push(idx);
     }
@@ -709,35 +718,14 @@ impl Loop {
 
     fn command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::Send { conn, payload } => {
-                if let Some(idx) = self.index_of(conn) {
-                    let c = &mut self.conns[idx];
-                    match c.proto.room_for(payload.len()) {
-                        vitals_proto::Room::Now => {
-                            if let Err(e) = c.proto.send(now, payload) {
-                                tracing::debug!(peer = %c.peer(), error = %e, "send refused");
-                            }
-                        }
-                        room => {
-                            let reason = match room {
-                                vitals_proto::Room::Never => "message larger than the send buffer",
-                                _ if self.shared.cfg.codec == Codec::Binary
-                                    && c.session().is_none() =>
-                                {
-                                    "no session yet"
-                                }
-                                _ => "send buffer full",
-                            };
-                            let _ = self.events.send(ServerEvent::SendRefused {
-                                conn,
-                                payload,
-                                reason,
-                            });
-                        }
-                    }
-                    self.touched.push(idx);
-                }
-            }
+            Command::Send {
+                conn,
+                session,
+                payload,
+            } => match self.index_of(conn) {
+                Some(idx) => self.queue_message(idx, conn, payload, now),
+                None => self.send_elsewhere(conn, session, payload, now),
+            },
             Command::Close { conn, code, reason } => {
                 if let Some(idx) = self.index_of(conn) {
                     self.conns[idx].proto.close(code, &reason);
@@ -777,6 +765,82 @@ impl Loop {
                     self.touched.push(idx);
                 }
             }
+        }
+    }
+
+    /// Queues `payload` on live connection `idx`, or hands it back as `SendRefused`.
+    fn queue_message(&mut self, idx: usize, conn: ConnId, payload: Vec<u8>, now: Instant) {
+        let binary = self.shared.cfg.codec == Codec::Binary;
+        let c = &mut self.conns[idx];
+        let reason = match c.proto.room_for(payload.len()) {
+            vitals_proto::Room::Now => match c.proto.send(now, payload) {
+                Ok(_) => {
+                    self.touched.push(idx);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %c.peer(), error = %e, "send refused");
+                    self.touched.push(idx);
+                    return;
+                }
+            },
+            vitals_proto::Room::Never => "message larger than the send buffer",
+            _ if binary && c.session().is_none() => "no session yet",
+            _ => "send buffer full",
+        };
+        let _ = self.events.send(ServerEvent::SendRefused {
+            conn,
+            payload,
+            reason,
+        });
+        self.touched.push(idx);
+    }
+
+    /// `conn` is gone by the time its message arrived. A message for a session follows the session:
+    /// to its new connection, or into the stored session (delivered on resume). Otherwise it comes
+    /// back as `SendRefused` — never dropped silently.
+    fn send_elsewhere(
+        &mut self,
+        conn: ConnId,
+        session: Option<SessionId>,
+        payload: Vec<u8>,
+        now: Instant,
+    ) {
+        let mut payload = Some(payload);
+        let mut reason = "connection closed";
+        if let Some(sid) = session {
+            let mut sessions = self.shared.sessions();
+            let route = sessions.routes.get(&sid).copied().filter(|r| *r != conn);
+            if let Some(to) = route {
+                drop(sessions);
+                let cmd = Command::Send {
+                    conn: to,
+                    session: Some(sid),
+                    payload: payload.take().unwrap_or_default(),
+                };
+                if self.shared.to_loop_of(to, cmd) {
+                    return;
+                }
+                reason = "server shutting down";
+            } else if let Some(mut stored) = sessions.store.take(sid) {
+                let p = payload.take().unwrap_or_default();
+                if stored.has_room(p.len()) {
+                    let _ = stored.push(now, p);
+                } else {
+                    payload = Some(p);
+                    reason = "send buffer full";
+                }
+                sessions.store.put(stored);
+            } else {
+                reason = "session gone";
+            }
+        }
+        if let Some(payload) = payload {
+            let _ = self.events.send(ServerEvent::SendRefused {
+                conn,
+                payload,
+                reason,
+            });
         }
     }
 

@@ -171,12 +171,15 @@ impl Drop for Server {
 }
 
 impl ServerHandle {
-    /// Queues `payload` on connection `conn`.
+    /// Queues `payload` on connection `conn`. If the message cannot be queued (the connection closed
+    /// meanwhile, or its send buffer is full), it comes back as [`ServerEvent::SendRefused`].
     pub fn send(&self, conn: ConnId, payload: Vec<u8>) -> Result<(), Error> {
-        if self
-            .shared
-            .to_loop_of(conn, Command::Send { conn, payload })
-        {
+        let cmd = Command::Send {
+            conn,
+            session: None,
+            payload,
+        };
+        if self.shared.to_loop_of(conn, cmd) {
             Ok(())
         } else {
             Err(Error::Shutdown)
@@ -184,13 +187,24 @@ impl ServerHandle {
     }
 
     /// Queues `payload` for session `session`: on its connection if attached, else in the stored session
-    /// (delivered when the client resumes). Errors: [`Error::NotFound`] for an unknown session,
-    /// [`Error::Backpressure`] when a detached session's replay buffer is full.
+    /// (delivered when the client resumes). If the connection ends before the message is queued, it
+    /// follows the session the same way. Errors: [`Error::NotFound`] for an unknown session,
+    /// [`Error::Backpressure`] when a detached session's replay buffer is full; a message that cannot
+    /// be queued later comes back as [`ServerEvent::SendRefused`].
     pub fn send_to_session(&self, session: SessionId, payload: Vec<u8>) -> Result<(), Error> {
         let mut sessions = self.shared.sessions();
         if let Some(&conn) = sessions.routes.get(&session) {
             drop(sessions);
-            return self.send(conn, payload);
+            let cmd = Command::Send {
+                conn,
+                session: Some(session),
+                payload,
+            };
+            return if self.shared.to_loop_of(conn, cmd) {
+                Ok(())
+            } else {
+                Err(Error::Shutdown)
+            };
         }
         let mut stored = sessions.store.take(session).ok_or(Error::NotFound)?;
         let result = stored

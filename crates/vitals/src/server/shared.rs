@@ -14,8 +14,12 @@ use crate::event::ConnId;
 /// A request from the application (or another loop) to one event loop.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Queue a message on a connection.
-    Send { conn: ConnId, payload: Vec<u8> },
+    /// Queue a message on a connection (following `session` elsewhere if the connection is gone).
+    Send {
+        conn: ConnId,
+        session: Option<SessionId>,
+        payload: Vec<u8>,
+    },
     /// Close a connection with a code and reason.
     Close {
         conn: ConnId,
