@@ -4,11 +4,11 @@
 //! The client reconnects with jittered backoff and resumes its session, so lines typed while the
 //! server is away are delivered when it comes back.
 //!
-//! At stdin EOF: the client first waits (up to `--eof-timeout`) to be connected, so that lines
-//! queued while disconnected get replayed; then it stays `--linger` longer, so the last lines leave
-//! and answers to them (e.g. from `serve --echo`) are printed; then it closes the session in order
-//! and exits 0. This is a grace period, not a proof of delivery: `vitals::Client` does not expose
-//! which messages the server has acknowledged. If it cannot reconnect in time it exits 1.
+//! At stdin EOF: the client waits (up to `--eof-timeout`) until the server has acknowledged every
+//! line (`Client::flush`, across reconnects: lines queued while disconnected are replayed); then it
+//! stays `--linger` longer so that answers to the last lines (e.g. from `serve --echo`) are printed;
+//! then it closes the session in order and exits 0. If not everything is acknowledged in time it
+//! exits 1.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -29,11 +29,12 @@ pub(crate) struct ConnectArgs {
     addr: String,
     #[command(flatten)]
     timing: TimingArgs,
-    /// After stdin ends (and the client is connected), keep running this long so the last messages
-    /// leave and their answers are printed.
+    /// After stdin ends and every line is acknowledged, keep running this long so that answers to the
+    /// last lines are printed.
     #[arg(long, value_parser = parse_duration, default_value = "500ms")]
     linger: Duration,
-    /// After stdin ends, wait at most this long for a connection before giving up (exit 1).
+    /// After stdin ends, wait at most this long for every line to be acknowledged (across
+    /// reconnects) before giving up (exit 1).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     eof_timeout: Duration,
     /// Print RTT samples to stderr too.
@@ -164,14 +165,16 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         let _ = sent_tx.send(Ok(sent)).await;
     });
 
-    let mut connected = false;
+    let flusher = client.sender();
+    let mut flush: Option<tokio::task::JoinHandle<Result<(), vitals::Error>>> = None;
     let mut eof: Option<tokio::time::Instant> = None; // when stdin ended
     let mut all_sent = false; // every line was handed to the client
     let mut linger_until: Option<tokio::time::Instant> = None;
     let stdout = std::io::stdout();
     let code = loop {
-        if all_sent && connected && linger_until.is_none() {
-            linger_until = Some(tokio::time::Instant::now() + args.linger);
+        if all_sent && eof.is_some() && flush.is_none() && linger_until.is_none() {
+            let f = flusher.clone();
+            flush = Some(tokio::spawn(async move { f.flush().await }));
         }
         let deadline = match (eof, linger_until) {
             (_, Some(l)) => Some(l),
@@ -193,12 +196,6 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                         let _ = out.write_all(&payload);
                         let _ = out.write_all(b"\n");
                         let _ = out.flush();
-                    }
-                    ClientEvent::Connected { .. } => connected = true,
-                    ClientEvent::Dead { .. } => {
-                        connected = false;
-                        // Lost while lingering: wait for the resume (replay), then linger again.
-                        linger_until = None;
                     }
                     ClientEvent::Closed { .. } => break ExitCode::from(1),
                     _ => {}
@@ -222,33 +219,55 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => all_sent = true,
             },
+            flushed = wait_flush(&mut flush), if flush.is_some() => {
+                flush = None;
+                match flushed {
+                    Some(Ok(())) => {
+                        tracing::debug!("every line acknowledged");
+                        linger_until = Some(tokio::time::Instant::now() + args.linger);
+                    }
+                    _ => break ExitCode::from(1),
+                }
+            }
             _ = sleep_until_opt(deadline) => {
                 if linger_until.is_some() {
                     break ExitCode::SUCCESS;
                 }
                 eprintln!(
-                    "vitals connect: not connected {} after stdin ended; unsent messages are dropped",
+                    "vitals connect: not everything acknowledged {} after stdin ended",
                     humantime::format_duration(args.eof_timeout)
                 );
                 break ExitCode::from(1);
             }
         }
     };
+    if let Some(f) = flush {
+        f.abort();
+    }
     writer.abort();
     reader.abort();
     close(client).await;
     Ok(code)
 }
 
-/// Closes the session in order, but gives up after a moment: `Client::close` waits for the client
-/// task to take the command, which it does not do while it is offline with a send pending (it only
-/// looks at commands again once it has room). Dropping the client then stops its task.
+/// Closes the session in order, but gives up after a moment (a CLOSE to a dead path cannot be
+/// confirmed); dropping the client then stops its task.
 async fn close(client: Client) {
     if tokio::time::timeout(Duration::from_secs(2), client.close())
         .await
         .is_err()
     {
         tracing::debug!("orderly close timed out; dropping the client");
+    }
+}
+
+/// The result of a running flush (`None` if there is none or it failed to run).
+async fn wait_flush(
+    flush: &mut Option<tokio::task::JoinHandle<Result<(), vitals::Error>>>,
+) -> Option<Result<(), vitals::Error>> {
+    match flush {
+        Some(handle) => handle.await.ok(),
+        None => std::future::pending().await,
     }
 }
 

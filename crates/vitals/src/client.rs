@@ -108,6 +108,7 @@ impl Client {
     pub fn sender(&self) -> ClientSender {
         ClientSender {
             cmds: self.cmds.clone(),
+            ctl: self.ctl.clone(),
         }
     }
 
@@ -125,11 +126,7 @@ impl Client {
     /// written to the socket (JSON codec, which has no acknowledgements) — across reconnects. Errors
     /// with [`Error::Shutdown`] if the client stops first.
     pub async fn flush(&self) -> Result<(), Error> {
-        let (done, wait) = oneshot::channel();
-        self.ctl
-            .send(Ctl::Flush(done))
-            .map_err(|_| Error::Shutdown)?;
-        wait.await.map_err(|_| Error::Shutdown)
+        flush_via(&self.ctl).await
     }
 
     /// Orderly close: sends CLOSE (`Normal`, ending the session on the server) and stops. Heard at
@@ -147,6 +144,7 @@ impl Client {
 #[derive(Clone, Debug)]
 pub struct ClientSender {
     cmds: mpsc::Sender<Cmd>,
+    ctl: mpsc::UnboundedSender<Ctl>,
 }
 
 impl ClientSender {
@@ -154,6 +152,17 @@ impl ClientSender {
     pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
         send_via(&self.cmds, payload).await
     }
+
+    /// Same as [`Client::flush`].
+    pub async fn flush(&self) -> Result<(), Error> {
+        flush_via(&self.ctl).await
+    }
+}
+
+async fn flush_via(ctl: &mpsc::UnboundedSender<Ctl>) -> Result<(), Error> {
+    let (done, wait) = oneshot::channel();
+    ctl.send(Ctl::Flush(done)).map_err(|_| Error::Shutdown)?;
+    wait.await.map_err(|_| Error::Shutdown)
 }
 
 async fn send_via(cmds: &mpsc::Sender<Cmd>, payload: Vec<u8>) -> Result<(), Error> {
