@@ -171,6 +171,9 @@ pub enum ServerEvent {
         conn: ConnId,
         /// Its session, if it had one (kept for resume unless the close was final).
         session: Option<SessionId>,
+        /// A [`ServerEvent::Connected`] was reported for this connection (so that an application can
+        /// count live connections without keeping a set of them).
+        connected: bool,
         /// Why.
         reason: DisconnectReason,
     },

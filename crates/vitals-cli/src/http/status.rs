@@ -5,14 +5,14 @@
 //! significant figures); the last [`SERIES_LEN`] seconds are kept as per-second buckets for the
 //! status page's charts.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use vitals::{ConnId, DisconnectReason, ServerEvent};
+use vitals::{DisconnectReason, ServerEvent};
 
 /// Seconds of history kept for the charts.
 pub(crate) const SERIES_LEN: usize = 120;
@@ -75,7 +75,7 @@ struct Bucket {
 
 #[derive(Debug)]
 struct Inner {
-    established: HashSet<ConnId>,
+    established: usize,
     connects: u64,
     resumes: u64,
     messages: u64,
@@ -199,7 +199,7 @@ impl Status {
             info,
             started: Instant::now(),
             inner: Mutex::new(Inner {
-                established: HashSet::new(),
+                established: 0,
                 connects: 0,
                 resumes: 0,
                 messages: 0,
@@ -227,8 +227,8 @@ impl Status {
             return;
         };
         match event {
-            ServerEvent::Connected { conn, resumed, .. } => {
-                inner.established.insert(*conn);
+            ServerEvent::Connected { resumed, .. } => {
+                inner.established += 1;
                 inner.connects += 1;
                 bucket.connects += 1;
                 if *resumed {
@@ -247,8 +247,12 @@ impl Status {
             }
             ServerEvent::Suspect { .. } => inner.suspects += 1,
             ServerEvent::SendRefused { .. } => inner.send_refused += 1,
-            ServerEvent::Closed { conn, reason, .. } => {
-                inner.established.remove(conn);
+            ServerEvent::Closed {
+                reason, connected, ..
+            } => {
+                if *connected {
+                    inner.established = inner.established.saturating_sub(1);
+                }
                 *inner.disconnects.entry(reason.label()).or_insert(0) += 1;
                 bucket.disconnects += 1;
                 if is_conviction(reason) {
@@ -343,7 +347,7 @@ impl Status {
             uptime_s: self.started.elapsed().as_secs_f64(),
             connections: Connections {
                 open,
-                established: s.established.len(),
+                established: s.established,
                 total: s.connects,
                 resumed: s.resumes,
             },

@@ -43,6 +43,8 @@ pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 const SCRATCH: usize = 64 * 1024;
 /// Most bytes gathered from a protocol core per write call.
 const OUT_BATCH: usize = 256 * 1024;
+/// Most connections a loop reserves slab and wheel room for up front (beyond it they grow as usual).
+const MAX_RESERVED_PER_LOOP: usize = 1 << 20;
 /// How long a closing connection may take to flush its last bytes (CLOSE frame) outside a drain.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -52,7 +54,11 @@ pub(crate) struct Loop {
     poll: Poll,
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
-    wheel: Wheel<usize>,
+    /// The protocol configurations every connection of this loop shares.
+    proto_cfg: Arc<vitals_proto::Config>,
+    json_cfg: Arc<vitals_proto::JsonConfig>,
+    /// Deadlines of all connections; the payload is the slab index (`u32`: 24-byte wheel entries).
+    wheel: Wheel<u32>,
     commands: Receiver<Command>,
     shared: Arc<Shared>,
     events: UnboundedSender<ServerEvent>,
@@ -80,13 +86,23 @@ impl Loop {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let timeout = shared.cfg.liveness().timeout;
-        let wheel = Wheel::with_tick(Instant::now(), shared.cfg.tick, 0)
+        // Reserve (not touch) room for this loop's share of the connection limit: the slab and the
+        // wheel then never grow by doubling, which would copy them and leave up to half their
+        // capacity unused; untouched capacity costs address space, not RSS.
+        let share = shared
+            .cfg
+            .max_connections
+            .div_ceil(shared.cfg.loops.max(1))
+            .min(MAX_RESERVED_PER_LOOP);
+        let wheel = Wheel::with_tick(Instant::now(), shared.cfg.tick, share)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(Loop {
             shard,
             poll,
             listener: Some(listener),
-            conns: Slab::new(),
+            conns: Slab::with_capacity(share),
+            proto_cfg: Arc::new(shared.cfg.proto),
+            json_cfg: Arc::new(shared.cfg.json),
             wheel,
             commands,
             events,
@@ -207,8 +223,8 @@ impl Loop {
             },
         };
         let proto = match cfg.codec {
-            Codec::Binary => Connection::server(now, cfg.proto, fresh_keys()),
-            Codec::Json => Connection::json(now, Role::Server, cfg.json),
+            Codec::Binary => Connection::server(now, Arc::clone(&self.proto_cfg), fresh_keys()),
+            Codec::Json => Connection::json(now, Role::Server, Arc::clone(&self.json_cfg)),
         };
         let expires = cfg.max_connection_age.map(|age| {
             // ±10 % so that connections accepted together do not all expire together.
@@ -318,7 +334,7 @@ impl Loop {
     /// Runs every deadline that has passed.
     fn expire(&mut self, now: Instant) {
         while let Some(expired) = self.wheel.poll(now) {
-            let idx = expired.value;
+            let idx = expired.value as usize;
             let Some(conn) = self.conns.get_mut(idx) else {
                 continue;
             };
@@ -653,7 +669,9 @@ impl Loop {
             }
             (None, Some(at)) => {
                 let tick = self.wheel.tick_ceil(at);
-                conn.timer = self.wheel.insert_at_tick(tick, idx).ok();
+                conn.timer = u32::try_from(idx)
+                    .ok()
+                    .and_then(|i| self.wheel.insert_at_tick(tick, i).ok());
             }
             (None, None) => {}
         }
@@ -698,9 +716,12 @@ impl Loop {
         metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
         m::disconnect(&reason);
         tracing::debug!(peer = %conn.peer(), session = ?conn.session(), reason = reason.label(), "connection closed");
+        // `Connected` was reported at accept (JSON) or when the session was established (binary).
+        let connected = self.shared.cfg.codec == Codec::Json || conn.session().is_some();
         let _ = self.events.send(ServerEvent::Closed {
             conn: id,
             session: conn.session(),
+            connected,
             reason,
         });
     }

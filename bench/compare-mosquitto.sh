@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# vitals vs mosquitto, side by side in one run: the same number of connections, ping interval and
+# duration against each server on loopback; each server's RSS and CPU read from /proc.
+#
+#   bench/compare-mosquitto.sh                 # N = 1000 10000 19000, 30 s each (about 5 minutes)
+#   NS="1000 5000" DURATION=10 bench/compare-mosquitto.sh
+#
+# mosquitto (Debian package, installed here where missing) is driven by bench/mqtt_load.py (standard
+# library only: CONNECT, then PINGREQ every INTERVAL, PINGRESP counted); vitals by `vitals bench`.
+# Both announce a 10 s keep-alive / timeout and ping every second. vitals runs twice: with default
+# two-sided liveness, and with --client-driven (the server only answers, like an MQTT broker).
+# Output: a table with the ratios vitals/mosquitto, bench/results/compare.json and compare.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NS="${NS:-1000 10000 19000}"
+DURATION="${DURATION:-30}"
+INTERVAL="${INTERVAL:-1}"
+OUT=bench/results
+mkdir -p "$OUT"
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "installing mosquitto (Debian package)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+cargo build --release -q -p vitals-cli
+VITALS=target/release/vitals
+ulimit -n 20000
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+run_mosquitto() { # N
+  local port; port=$(free_port)
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nlog_dest none\n' "$port" > "$tmp/m.conf"
+  "$MOSQUITTO" -c "$tmp/m.conf" & local pid=$!; pids+=("$pid"); sleep 0.5
+  python3 bench/mqtt_load.py --port "$port" -n "$1" --interval "$INTERVAL" --keepalive 10 \
+    --duration "$DURATION" --warmup 3 --server-pid "$pid" || true
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_vitals() { # N label extra-serve-flags...
+  local n=$1 label=$2; shift 2
+  local port; port=$(free_port)
+  "$VITALS" serve --listen "127.0.0.1:$port" --interval "${INTERVAL}s" --timeout 10s \
+    --max-connections 30000 "$@" >"$tmp/serve.log" 2>&1 & local pid=$!; pids+=("$pid")
+  for _ in $(seq 50); do grep -q "listening on" "$tmp/serve.log" && break; sleep 0.1; done
+  "$VITALS" bench --server "127.0.0.1:$port" -n "$n" --duration "${DURATION}s" --interval "${INTERVAL}s" \
+    --timeout 10s --server-pid "$pid" --json 2>/dev/null \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'server':'$label','connections':r['connections'],'lost_connections':r['lost'],'heartbeats':r['heartbeats'],'heartbeats_per_s':round(r['heartbeats_per_s'],1),'rss_per_conn_bytes':r['server_rss_per_connection_bytes'],'cpu_per_heartbeat_us':r['server_cpu_per_heartbeat_us'],'server_cpu_s':r['server_cpu_seconds'],'rtt_p99_us':r['rtt_us']['p99']}))" || true
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+echo "{\"machine\": \"$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores\", \"duration_s\": $DURATION, \"interval_s\": $INTERVAL, \"runs\": [" > "$OUT/compare.json"
+first=1
+for n in $NS; do
+  for which in mosquitto vitals vitals-client-driven; do
+    case $which in
+      mosquitto) line=$(run_mosquitto "$n") ;;
+      vitals) line=$(run_vitals "$n" vitals) ;;
+      vitals-client-driven) line=$(run_vitals "$n" vitals-client-driven --client-driven) ;;
+    esac
+    echo "$line" >&2
+    [ -n "$line" ] || continue
+    [ $first = 1 ] || echo "," >> "$OUT/compare.json"
+    first=0
+    echo "$line" >> "$OUT/compare.json"
+  done
+done
+echo "]}" >> "$OUT/compare.json"
+
+python3 - "$OUT/compare.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+runs = d["runs"]
+print(f"machine: {d['machine']}; {d['duration_s']} s per run, ping every {d['interval_s']} s")
+print(f"{'N':>6} {'server':<22} {'RSS/conn B':>10} {'CPU/hb us':>10} {'hb/s':>9} {'lost':>5}  ratio RSS  ratio CPU")
+for n in sorted({r["connections"] for r in runs}):
+    base = next((r for r in runs if r["server"] == "mosquitto" and r["connections"] == n), None)
+    for r in [r for r in runs if r["connections"] == n]:
+        lost = r.get("lost_connections", 0)
+        ratios = ""
+        if base and r is not base and base["rss_per_conn_bytes"] and base["cpu_per_heartbeat_us"]:
+            ratios = f"  {r['rss_per_conn_bytes'] / base['rss_per_conn_bytes']:9.2f}  {r['cpu_per_heartbeat_us'] / base['cpu_per_heartbeat_us']:9.2f}"
+        print(f"{n:>6} {r['server']:<22} {r['rss_per_conn_bytes']:>10.0f} {r['cpu_per_heartbeat_us']:>10.2f} {r['heartbeats_per_s']:>9.0f} {lost:>5}{ratios}")
+PY
+python3 bench/chart.py "$OUT/compare.json" "$OUT/compare.svg"
+echo "wrote $OUT/compare.json and $OUT/compare.svg"
