@@ -791,6 +791,19 @@ impl Binary {
         }
     }
 
+    /// Queues a PING now, outside the liveness schedule (an RTT probe). False if not open.
+    pub(crate) fn ping_now(&mut self, now_i: Instant) -> bool {
+        if !matches!(self.state, State::Open | State::AwaitConfirm) {
+            return false;
+        }
+        self.pin_due_ping();
+        let now = self.live.ns(now_i);
+        let (nonce, ts) = self.live.make_ping(now);
+        self.queue_ctl(Ctl::Ping, nonce, ts);
+        self.tidy();
+        true
+    }
+
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Closed {
             return None;

@@ -283,6 +283,16 @@ impl Connection {
         }
     }
 
+    /// Sends a PING now, outside the liveness schedule, so that its PONG gives an RTT sample even
+    /// while data flows (when the schedule sends none). Binary codec only; returns false when nothing
+    /// was queued (JSON codec, or the connection is not open).
+    pub fn ping_now(&mut self, now: Instant) -> bool {
+        match &mut self.inner {
+            Inner::Binary(b) => b.ping_now(now),
+            Inner::Json(_) => false,
+        }
+    }
+
     /// The session this connection carries (binary codec, once established or resumed).
     pub fn session_id(&self) -> Option<SessionId> {
         match &self.inner {

@@ -64,6 +64,8 @@ enum Ctl {
     Close(oneshot::Sender<()>),
     /// Answer once everything sent so far is acknowledged.
     Flush(oneshot::Sender<()>),
+    /// Send a PING now (an RTT probe, also while data flows).
+    Ping,
 }
 
 /// A reconnecting, resuming client. Dropping it stops the task (without an orderly CLOSE; use
@@ -129,6 +131,13 @@ impl Client {
         flush_via(&self.ctl).await
     }
 
+    /// Sends a PING now, outside the liveness schedule; its PONG arrives as [`ClientEvent::Rtt`]. Useful
+    /// to measure RTT while data flows (the schedule pings only after silence). Binary codec; ignored
+    /// while offline. Probing more often than the granted interval collects ping strikes.
+    pub fn ping(&self) -> Result<(), Error> {
+        self.ctl.send(Ctl::Ping).map_err(|_| Error::Shutdown)
+    }
+
     /// Orderly close: sends CLOSE (`Normal`, ending the session on the server) and stops. Heard at
     /// once, also while a send waits for room or the client is offline (then there is no CLOSE to send).
     pub async fn close(mut self) {
@@ -156,6 +165,11 @@ impl ClientSender {
     /// Same as [`Client::flush`].
     pub async fn flush(&self) -> Result<(), Error> {
         flush_via(&self.ctl).await
+    }
+
+    /// Same as [`Client::ping`].
+    pub fn ping(&self) -> Result<(), Error> {
+        self.ctl.send(Ctl::Ping).map_err(|_| Error::Shutdown)
     }
 }
 
@@ -352,6 +366,7 @@ impl Task {
                     ctl = self.ctl.recv() => match ctl {
                         Some(Ctl::Close(done)) => { let _ = done.send(()); return true; }
                         Some(Ctl::Flush(done)) => self.flushers.push(done),
+                        Some(Ctl::Ping) => {}
                         None => return true,
                     },
                 }
@@ -365,6 +380,7 @@ impl Task {
                     ctl = self.ctl.recv() => match ctl {
                         Some(Ctl::Close(done)) => { let _ = done.send(()); return true; }
                         Some(Ctl::Flush(done)) => self.flushers.push(done),
+                        Some(Ctl::Ping) => {}
                         None => return true,
                     },
                 }
@@ -574,6 +590,9 @@ impl Task {
                         let _ = done.send(());
                     }
                     Some(Ctl::Flush(done)) => self.flushers.push(done),
+                    Some(Ctl::Ping) => {
+                        proto.ping_now(Instant::now());
+                    }
                     None => {
                         closing = true;
                         proto.close(CloseCode::Normal, "client dropped");

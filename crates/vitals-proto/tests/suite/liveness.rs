@@ -270,3 +270,42 @@ fn client_driven_server_answers_instead_of_pinging_and_still_convicts() {
         "convicted {detected:?} after the silence began"
     );
 }
+
+/// `ping_now` probes RTT while bulk data flows (the schedule sends no ping then): the PONG is not
+/// queued behind the peer's pending DATA chunks, so each probe is answered within a few link delays.
+#[test]
+fn ping_now_measures_rtt_during_bulk_transfer() {
+    // Probes every 100 ms respect the granted 100 ms interval (the server's ping-strike rule).
+    let mut c = cfg(100, 1000);
+    c.chunk_size = 1024;
+    let mut p = Pair::new(c, c, 5);
+    assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
+    // Links have a 5 ms delay each way. The server streams 64 KiB messages to the client while the client probes every 100 ms.
+    for _ in 0..20 {
+        let now = p.now;
+        for _ in 0..4 {
+            let _ = p.server.conn.send(now, vec![9; 64 * 1024]);
+        }
+        let probed = p.client.conn.ping_now(now);
+        assert!(probed, "ping_now refused: the connection closed");
+        p.run_for(Duration::from_millis(100));
+    }
+    let samples: Vec<Duration> = p
+        .client
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Rtt(r) => Some(r.latest),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        samples.len() >= 15,
+        "{} RTT samples from 20 probes",
+        samples.len()
+    );
+    assert!(
+        samples.iter().all(|r| *r <= Duration::from_millis(30)),
+        "a probe waited behind bulk data: {samples:?}"
+    );
+}
