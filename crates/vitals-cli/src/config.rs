@@ -278,6 +278,24 @@ pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Reads a pre-shared authentication token from `path` (`--auth-token-file`): the file's bytes with
+/// one trailing newline (`\n` or `\r\n`) removed, 1 to 64 bytes. Errors name the file, never its
+/// contents.
+pub(crate) fn read_auth_token(path: &std::path::Path) -> anyhow::Result<vitals_proto::AuthToken> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read --auth-token-file {}", path.display()))?;
+    auth_token_from_file_bytes(&bytes)
+        .with_context(|| format!("bad --auth-token-file {}", path.display()))
+}
+
+/// The token in a token file's bytes (one trailing newline removed).
+fn auth_token_from_file_bytes(bytes: &[u8]) -> anyhow::Result<vitals_proto::AuthToken> {
+    let t = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let t = t.strip_suffix(b"\r").unwrap_or(t);
+    Ok(vitals_proto::AuthToken::new(t)?)
+}
+
 /// The name of a codec as flags and files spell it.
 pub(crate) fn codec_name(codec: Codec) -> &'static str {
     match codec {
@@ -290,6 +308,19 @@ pub(crate) fn codec_name(codec: Codec) -> &'static str {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn auth_token_file_loses_one_trailing_newline() {
+        let t = |b: &[u8]| auth_token_from_file_bytes(b).map(|t| t.as_bytes().to_vec());
+        assert_eq!(t(b"abc\n").unwrap(), b"abc");
+        assert_eq!(t(b"abc\r\n").unwrap(), b"abc");
+        assert_eq!(t(b"abc").unwrap(), b"abc");
+        assert_eq!(t(b"a c \n\n").unwrap(), b"a c \n");
+        assert!(t(b"\n").is_err());
+        let long = t(&[b'x'; 65]).unwrap_err().to_string();
+        assert!(long.contains("65 bytes"), "{long}");
+        assert!(!long.contains("xxx"), "{long}");
+    }
 
     const INTERVAL: Names = Names {
         flag: "--interval",

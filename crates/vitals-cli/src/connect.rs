@@ -46,6 +46,10 @@ pub(crate) struct ConnectArgs {
     /// TLS: the name to verify in the server's certificate [default: the host part of the address].
     #[arg(long, requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// Present this pre-shared token in HELLO (the file's bytes without a trailing newline, 1 to 64
+    /// bytes), for a server started with `--auth-token-file`.
+    #[arg(long, env = "VITALS_AUTH_TOKEN_FILE", value_name = "PATH")]
+    auth_token_file: Option<std::path::PathBuf>,
 }
 
 /// One stderr line for a client event (`None` for events not shown).
@@ -119,6 +123,9 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             vitals::tls::client_config_from_ca_file(ca, name)
                 .with_context(|| format!("cannot use --tls-ca {}", ca.display()))?,
         );
+    }
+    if let Some(path) = &args.auth_token_file {
+        cfg.proto.auth_token = Some(crate::config::read_auth_token(path)?);
     }
     let mut client = Client::connect(cfg);
     let sender = client.sender();

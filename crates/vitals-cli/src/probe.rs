@@ -276,6 +276,7 @@ async fn open(
             interval_ms: u32::try_from(args.timing.interval.as_millis()).unwrap_or(u32::MAX),
             timeout_ms: u32::try_from(args.timing.timeout.as_millis()).unwrap_or(u32::MAX),
             resume: None,
+            auth: None,
         },
     );
     probe.write(&hello).await?;

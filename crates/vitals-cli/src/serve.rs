@@ -71,6 +71,11 @@ pub(crate) struct ServeArgs {
     /// TLS: PEM private key of the certificate.
     #[arg(long, env = "VITALS_TLS_KEY", value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// Require this pre-shared token (the file's bytes without a trailing newline, 1 to 64 bytes) in
+    /// every client's HELLO; others are refused with close code AuthFailed. Use with TLS: the token
+    /// travels in clear otherwise.
+    #[arg(long, env = "VITALS_AUTH_TOKEN_FILE", value_name = "PATH")]
+    auth_token_file: Option<PathBuf>,
     /// TOML file with any of the settings above (keys spelled like the flags, with `_`)
     /// [env: VITALS_CONFIG].
     #[arg(long, value_name = "FILE")]
@@ -378,6 +383,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let tls = cfg.tls.is_some();
+    if let Some(path) = &args.auth_token_file {
+        cfg.proto.auth_token = Some(crate::config::read_auth_token(path)?);
+        if settings.codec.value != vitals::Codec::Binary {
+            anyhow::bail!("--auth-token-file needs the binary codec (JSON peers send no HELLO)");
+        }
+        tracing::info!("clients must present the authentication token");
+        if !tls {
+            tracing::warn!(
+                "the authentication token travels in clear without TLS (--tls-cert/--tls-key)"
+            );
+        }
+    }
     let mut server =
         Server::bind(cfg).with_context(|| format!("cannot listen on {}", settings.listen.value))?;
     if tls {
@@ -520,6 +537,7 @@ mod tests {
             drain: None,
             tls_cert: None,
             tls_key: None,
+            auth_token_file: None,
             config: None,
         }
     }

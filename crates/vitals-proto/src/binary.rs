@@ -155,6 +155,7 @@ impl Binary {
             interval_ms: ms(cfg.liveness.interval),
             timeout_ms: ms(cfg.liveness.timeout),
             resume,
+            auth: cfg.auth_token,
         };
         frame::encode_hello(&mut b.cold_mut().spill, &hello);
         b
@@ -510,6 +511,17 @@ impl Binary {
         if h.version != VERSION {
             let reason = format!("version {} not supported (speaks {VERSION})", h.version);
             return self.close(CloseCode::VersionMismatch, &reason, false);
+        }
+        if let Some(expected) = &self.cfg().auth_token {
+            // Constant time; a resume needs the token as well as the session's own secret.
+            let why = match &h.auth {
+                None => Some("authentication token required"),
+                Some(got) if !expected.ct_eq(got) => Some("authentication failed"),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return self.close(CloseCode::AuthFailed, why, false);
+            }
         }
         let (interval, timeout) = self.cfg().policy.grant(
             Duration::from_millis(u64::from(h.interval_ms)),

@@ -14,6 +14,7 @@
 //! A server connection that emits [`Event::ResumeRequested`] waits until the runtime calls
 //! [`Connection::resolve_resume`] with its [`SessionStore`].
 
+use crate::auth::AuthToken;
 use crate::binary::Binary;
 use crate::decode::Limits;
 use crate::error::Backpressure;
@@ -52,6 +53,11 @@ pub struct Config {
     /// DATA larger than this is split into chunks so control frames are never stuck behind it.
     /// Default 64 KiB.
     pub chunk_size: usize,
+    /// Pre-shared authentication token. A client sends it in HELLO; a server that has one
+    /// refuses a HELLO without it or with another one (CLOSE `AuthFailed`, code 12), and a
+    /// server without one ignores a client's. Compared in constant time; `Debug` redacts it.
+    /// Default none.
+    pub auth_token: Option<AuthToken>,
 }
 
 impl Default for Config {
@@ -62,6 +68,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             policy: ServerPolicy::default(),
             chunk_size: 64 * 1024,
+            auth_token: None,
         }
     }
 }

@@ -4,10 +4,11 @@
 //! frames come out with [`FrameDecoder::next_frame`]. A frame split across reads is kept until
 //! it is complete; several frames in one read come out one by one.
 
+use crate::auth::AuthToken;
 use crate::error::DecodeError;
 use crate::frame::{
     ACK_LEN, CloseCode, DATA_FIN, DATA_PREFIX_LEN, Frame, FrameType, HANDSHAKE_LEN, HEADER_LEN,
-    HELLO_RESUME, Hello, MAGIC, PING_LEN, WELCOME_RESUMED, Welcome,
+    HELLO_RESUME, Hello, MAGIC, MAX_HELLO_LEN, PING_LEN, WELCOME_RESUMED, Welcome,
 };
 use crate::session::{ResumeToken, SessionId};
 
@@ -147,6 +148,9 @@ impl Reader<'_> {
     }
 }
 
+/// The HELLO lengths accepted (named in `BadLength`).
+const HELLO_LENGTHS: &str = "46, or 47 + n where the byte at offset 46 is n (1..=64)";
+
 /// Parse one frame from the front of `buf`: `Ok(Some((frame, bytes used)))`, or `Ok(None)` if
 /// incomplete. Limits are checked from the header alone, before the payload arrives.
 pub(crate) fn parse(buf: &[u8], max_frame: u32) -> Result<Option<(Frame, usize)>, DecodeError> {
@@ -171,7 +175,13 @@ pub(crate) fn parse(buf: &[u8], max_frame: u32) -> Result<Option<(Frame, usize)>
     let bad = |expected| DecodeError::BadLength { ty, len, expected };
     let ulen = len as usize;
     match ty {
-        FrameType::Hello | FrameType::Welcome if ulen != HANDSHAKE_LEN => return Err(bad("46")),
+        FrameType::Welcome if ulen != HANDSHAKE_LEN => return Err(bad("46")),
+        // 46, or 46 + length byte + a token of 1..=64 bytes (checked against the byte below).
+        FrameType::Hello
+            if ulen != HANDSHAKE_LEN && !(HANDSHAKE_LEN + 2..=MAX_HELLO_LEN).contains(&ulen) =>
+        {
+            return Err(bad(HELLO_LENGTHS));
+        }
         FrameType::Ping | FrameType::Pong if ulen != PING_LEN => return Err(bad("12")),
         FrameType::Ack if ulen != ACK_LEN => return Err(bad("8")),
         FrameType::Data if ulen < DATA_PREFIX_LEN => return Err(bad(">= 17")),
@@ -196,11 +206,21 @@ pub(crate) fn parse(buf: &[u8], max_frame: u32) -> Result<Option<(Frame, usize)>
             let token = ResumeToken::from_bytes(r.take());
             let ack = r.u64();
             if ty == FrameType::Hello {
+                let auth = if r.0.is_empty() {
+                    None
+                } else {
+                    let n = usize::from(r.u8());
+                    if n != r.0.len() {
+                        return Err(bad(HELLO_LENGTHS));
+                    }
+                    Some(AuthToken::new(r.0).map_err(|_| bad(HELLO_LENGTHS))?)
+                };
                 Frame::Hello(Hello {
                     version,
                     interval_ms,
                     timeout_ms,
                     resume: (flags & HELLO_RESUME != 0).then_some((id, token, ack)),
+                    auth,
                 })
             } else {
                 Frame::Welcome(Welcome {
@@ -282,13 +302,24 @@ mod tests {
             interval_ms: 15_000,
             timeout_ms: 45_000,
             resume: Some((SessionId(7), ResumeToken::from_bytes([9; 16]), 42)),
+            auth: None,
         }));
         roundtrip(Frame::Hello(Hello {
             version: 1,
             interval_ms: 1,
             timeout_ms: 2,
             resume: None,
+            auth: None,
         }));
+        for len in [1, 17, 64] {
+            roundtrip(Frame::Hello(Hello {
+                version: 1,
+                interval_ms: 1,
+                timeout_ms: 2,
+                resume: Some((SessionId(7), ResumeToken::from_bytes([9; 16]), 42)),
+                auth: Some(AuthToken::new(&vec![0xA5; len]).unwrap()),
+            }));
+        }
         roundtrip(Frame::Welcome(Welcome {
             version: 1,
             resumed: true,
@@ -389,12 +420,50 @@ mod tests {
         assert_eq!(d.next_frame(), Err(DecodeError::BadUtf8 { valid_up_to: 1 }));
     }
 
+    #[test]
+    fn hello_auth_trailer_must_match_its_length_byte() {
+        let hello_with = |tail: &[u8]| {
+            let mut v = Vec::new();
+            encode_hello_for_test(&mut v);
+            v.extend_from_slice(tail);
+            let len = u32::try_from(v.len() - HEADER_LEN).unwrap();
+            v[1..5].copy_from_slice(&len.to_be_bytes());
+            let mut d = FrameDecoder::new(Limits::default());
+            d.push(&v).unwrap();
+            d.next_frame()
+        };
+        let bad = |r: Result<Option<Frame>, DecodeError>| {
+            matches!(
+                r,
+                Err(DecodeError::BadLength {
+                    ty: FrameType::Hello,
+                    ..
+                })
+            )
+        };
+        // 47: a length byte with no token; 112: longer than 46 + 1 + 64.
+        assert!(bad(hello_with(&[0])));
+        assert!(bad(hello_with(&[65; 66])));
+        // Length byte disagreeing with the bytes that follow.
+        assert!(bad(hello_with(&[3, b'a', b'b'])));
+        assert!(bad(hello_with(&[1, b'a', b'b'])));
+        // A WELCOME may not carry one.
+        let mut d = FrameDecoder::new(Limits::default());
+        d.push(&[0x02, 0, 0, 0, 48]).unwrap();
+        assert!(matches!(d.next_frame(), Err(DecodeError::BadLength { .. })));
+        let Ok(Some(Frame::Hello(h))) = hello_with(&[2, b'o', b'k']) else {
+            panic!("a well-formed trailer decodes");
+        };
+        assert_eq!(h.auth.unwrap().as_bytes(), b"ok");
+    }
+
     fn encode_hello_for_test(out: &mut Vec<u8>) {
         Frame::Hello(Hello {
             version: 1,
             interval_ms: 1,
             timeout_ms: 2,
             resume: None,
+            auth: None,
         })
         .encode(out);
     }

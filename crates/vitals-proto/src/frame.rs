@@ -3,6 +3,7 @@
 //! Every frame is `type: u8`, `length: u32` big-endian (payload bytes), then the payload.
 //! All integers are big-endian.
 
+use crate::auth::AuthToken;
 use crate::session::{ResumeToken, SessionId};
 
 /// Magic bytes opening HELLO and WELCOME payloads.
@@ -11,8 +12,10 @@ pub const MAGIC: [u8; 4] = *b"VTLS";
 pub const VERSION: u8 = 1;
 /// Bytes of a frame header (type + length).
 pub const HEADER_LEN: usize = 5;
-/// Payload length of HELLO and WELCOME.
+/// Payload length of WELCOME, and of HELLO without an authentication token.
 pub const HANDSHAKE_LEN: usize = 46;
+/// Longest HELLO payload: 46 + the token length byte + a 64-byte authentication token.
+pub const MAX_HELLO_LEN: usize = HANDSHAKE_LEN + 1 + crate::auth::MAX_AUTH_TOKEN_LEN;
 /// Payload length of PING and PONG.
 pub const PING_LEN: usize = 12;
 /// Bytes of the DATA payload before the message bytes (seq, ack, flags).
@@ -91,6 +94,8 @@ pub enum CloseCode {
     ServerFull,
     /// 11: the connection reached the server's maximum connection age; reconnect and resume.
     MaxAge,
+    /// 12: the server requires an authentication token and the HELLO carried none, or a wrong one.
+    AuthFailed,
     /// Any other code.
     Other(u16),
 }
@@ -111,6 +116,7 @@ impl CloseCode {
             CloseCode::Shutdown => 9,
             CloseCode::ServerFull => 10,
             CloseCode::MaxAge => 11,
+            CloseCode::AuthFailed => 12,
             CloseCode::Other(c) => c,
         }
     }
@@ -130,6 +136,7 @@ impl CloseCode {
             9 => CloseCode::Shutdown,
             10 => CloseCode::ServerFull,
             11 => CloseCode::MaxAge,
+            12 => CloseCode::AuthFailed,
             c => CloseCode::Other(c),
         }
     }
@@ -147,6 +154,9 @@ pub struct Hello {
     /// `Some` to resume: session id, token, and the client's receive point
     /// (next server-to-client sequence number it expects).
     pub resume: Option<(SessionId, ResumeToken, u64)>,
+    /// The pre-shared authentication token, if the client has one (trailing field, see
+    /// docs/PROTOCOL.md; `Debug` redacts it).
+    pub auth: Option<AuthToken>,
 }
 
 /// WELCOME payload: the server's grant.
@@ -259,16 +269,19 @@ fn header(out: &mut Vec<u8>, ty: FrameType, len: usize) {
     out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
 }
 
+/// The 46 bytes common to HELLO and WELCOME, after a header announcing `len` payload bytes.
+#[allow(clippy::too_many_arguments)]
 fn encode_handshake(
     out: &mut Vec<u8>,
     ty: FrameType,
+    len: usize,
     flags: u8,
     version: u8,
     timing: (u32, u32),
     (id, token): (SessionId, &ResumeToken),
     ack: u64,
 ) {
-    header(out, ty, HANDSHAKE_LEN);
+    header(out, ty, len);
     out.extend_from_slice(&MAGIC);
     out.push(version);
     out.push(flags);
@@ -279,21 +292,29 @@ fn encode_handshake(
     out.extend_from_slice(&ack.to_be_bytes());
 }
 
-/// Append a HELLO.
+/// Append a HELLO (46 payload bytes, plus `1 + n` when it carries an `n`-byte auth token).
 pub fn encode_hello(out: &mut Vec<u8>, h: &Hello) {
     let (flags, id, token, ack) = match &h.resume {
         Some((id, token, ack)) => (HELLO_RESUME, *id, *token, *ack),
         None => (0, SessionId(0), ResumeToken::from_bytes([0; 16]), 0),
     };
+    let auth = h.auth.as_ref().map(AuthToken::as_bytes);
+    let len = HANDSHAKE_LEN + auth.map_or(0, |a| 1 + a.len());
     encode_handshake(
         out,
         FrameType::Hello,
+        len,
         flags,
         h.version,
         (h.interval_ms, h.timeout_ms),
         (id, &token),
         ack,
     );
+    if let Some(a) = auth {
+        // AuthToken holds 1..=64 bytes, so the length fits a u8.
+        out.push(u8::try_from(a.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(a);
+    }
 }
 
 /// Append a WELCOME.
@@ -302,6 +323,7 @@ pub fn encode_welcome(out: &mut Vec<u8>, w: &Welcome) {
     encode_handshake(
         out,
         FrameType::Welcome,
+        HANDSHAKE_LEN,
         flags,
         w.version,
         (w.interval_ms, w.timeout_ms),
@@ -384,12 +406,30 @@ mod tests {
                 interval_ms: 15_000,
                 timeout_ms: 45_000,
                 resume: Some((SessionId(0x2a), ResumeToken::from_bytes(token), 7)),
+                auth: None,
             },
         );
         assert_eq!(
             hex(&v),
             "01 00 00 00 2e 56 54 4c 53 01 01 00 00 3a 98 00 00 af c8 00 00 00 00 00 00 00 2a \
              10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00 00 00 00 00 00 00 07"
+        );
+        v.clear();
+        encode_hello(
+            &mut v,
+            &Hello {
+                version: 1,
+                interval_ms: 15_000,
+                timeout_ms: 45_000,
+                resume: None,
+                auth: Some(AuthToken::new(b"s3cr3t").unwrap()),
+            },
+        );
+        assert_eq!(
+            hex(&v),
+            "01 00 00 00 35 56 54 4c 53 01 00 00 00 3a 98 00 00 af c8 00 00 00 00 00 00 00 00 \
+             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 \
+             06 73 33 63 72 33 74"
         );
     }
 

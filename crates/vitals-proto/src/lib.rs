@@ -9,6 +9,7 @@
 //! - `rtt`, `phi`, `liveness`: RTT estimation (RFC 6298), phi-accrual, and the detector that
 //!   keeps one lazily re-armed deadline per connection (rules in `docs/LIVENESS.md`);
 //! - `policy`: the server's timing caps and the ping-strike rule;
+//! - `auth`: the optional pre-shared [`AuthToken`] a client presents in HELLO;
 //! - `session`, `store`: sequence numbers, replay buffer, resume tokens, and the
 //!   [`SessionStore`] trait with its in-memory [`MemoryStore`];
 //! - `connection` (facade), `binary` and `json_conn`: the [`Connection`] tying it together;
@@ -43,6 +44,7 @@
 //! assert!(client.poll_timeout().unwrap() > t0 + Duration::from_secs(1));
 //! ```
 
+mod auth;
 mod binary;
 mod connection;
 pub mod decode;
@@ -57,6 +59,7 @@ mod rtt;
 mod session;
 mod store;
 
+pub use auth::{AuthToken, AuthTokenError, MAX_AUTH_TOKEN_LEN};
 pub use connection::{Config, Connection, Event, JsonConfig, Role, SendError};
 pub use decode::{FrameDecoder, Limits};
 pub use error::{Backpressure, DecodeError, JsonError, SessionError};

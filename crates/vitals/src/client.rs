@@ -306,7 +306,9 @@ impl Task {
                 tracing::info!(interval = ?cfg.liveness.interval, "server said we ping too often; backing off the interval");
                 self.cfg.proto = cfg;
             }
-            if ended.closing || !self.cfg.reconnect {
+            // A refused authentication token will be refused again: stop rather than retry.
+            let auth_failed = ended.reason == DisconnectReason::AuthFailed;
+            if ended.closing || !self.cfg.reconnect || auth_failed {
                 self.fail_blocked();
                 self.emit(ClientEvent::Closed {
                     reason: ended.reason,

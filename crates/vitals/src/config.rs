@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vitals_proto::{Config as ProtoConfig, JsonConfig, LivenessConfig};
+use vitals_proto::{AuthToken, Config as ProtoConfig, JsonConfig, LivenessConfig};
 
 use crate::backoff::BackoffConfig;
 use crate::tls::ClientTls;
@@ -93,6 +93,15 @@ impl ServerConfig {
         policy.max_timeout = policy.max_timeout.max(timeout);
         self
     }
+
+    /// Requires this pre-shared token in every client's HELLO (binary codec; sets
+    /// `proto.auth_token`). A HELLO without it or with another one is refused with close code
+    /// `AuthFailed` and counted in `vitals_auth_failures_total`. Send it over TLS only: it travels in
+    /// clear in HELLO.
+    pub fn with_auth_token(mut self, token: AuthToken) -> Self {
+        self.proto.auth_token = Some(token);
+        self
+    }
 }
 
 /// Client settings.
@@ -143,6 +152,12 @@ impl ClientConfig {
         self.proto.liveness.timeout = timeout;
         self.json.liveness.interval = interval;
         self.json.liveness.timeout = timeout;
+        self
+    }
+
+    /// Presents this pre-shared token in HELLO (binary codec; sets `proto.auth_token`).
+    pub fn with_auth_token(mut self, token: AuthToken) -> Self {
+        self.proto.auth_token = Some(token);
         self
     }
 }

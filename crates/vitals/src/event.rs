@@ -27,6 +27,10 @@ pub enum DisconnectReason {
     ServerFull,
     /// The connection reached its maximum age and was closed to rebalance.
     MaxAge,
+    /// The server requires a pre-shared authentication token and the client's HELLO carried none
+    /// or a wrong one (close code `AuthFailed`, 12). A client stops for good on it (retrying with the
+    /// same token cannot succeed).
+    AuthFailed,
     /// The peer sent CLOSE with this code and reason.
     PeerClosed {
         /// The peer's close code.
@@ -62,6 +66,7 @@ impl DisconnectReason {
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::ServerFull => "server_full",
             DisconnectReason::MaxAge => "max_age",
+            DisconnectReason::AuthFailed => "auth_failed",
             DisconnectReason::PeerClosed { .. } => "peer_closed",
             DisconnectReason::LocalClose { .. } => "local_close",
             DisconnectReason::Tls(_) => "tls",
@@ -77,6 +82,7 @@ impl DisconnectReason {
             (CloseCode::Shutdown, _) => DisconnectReason::Shutdown,
             (CloseCode::ServerFull, _) => DisconnectReason::ServerFull,
             (CloseCode::MaxAge, _) => DisconnectReason::MaxAge,
+            (CloseCode::AuthFailed, _) => DisconnectReason::AuthFailed,
             (
                 CloseCode::ProtocolError | CloseCode::LimitExceeded | CloseCode::VersionMismatch,
                 false,

@@ -36,6 +36,9 @@ pub const BYTES_OUT: &str = "vitals_bytes_out_total";
 pub const FRAMES_REJECTED: &str = "vitals_frames_rejected_total";
 /// Counter: ping strikes given to clients that ping too often.
 pub const PING_STRIKES: &str = "vitals_ping_strikes_total";
+/// Counter: HELLOs refused because the pre-shared authentication token was missing or wrong (server
+/// side; a client counts the refusals it receives).
+pub const AUTH_FAILURES: &str = "vitals_auth_failures_total";
 /// Counter: local stalls detected (our own timer fired late; nobody convicted).
 pub const LOCAL_STALLS: &str = "vitals_local_stalls_total";
 
@@ -47,6 +50,9 @@ pub(crate) fn disconnect(reason: &DisconnectReason) {
     | DisconnectReason::Tls(_) = reason
     {
         metrics::counter!(FRAMES_REJECTED, "reason" => reason.label()).increment(1);
+    }
+    if let DisconnectReason::AuthFailed = reason {
+        metrics::counter!(AUTH_FAILURES).increment(1);
     }
 }
 

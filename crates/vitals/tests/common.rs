@@ -87,6 +87,7 @@ pub fn hello_bytes() -> Vec<u8> {
             interval_ms: INTERVAL.as_millis() as u32,
             timeout_ms: TIMEOUT.as_millis() as u32,
             resume: None,
+            auth: None,
         },
     );
     frame::encode_ack(&mut out, 0);

@@ -51,6 +51,7 @@ fn ping_abuse_collects_strikes_then_typed_close() {
             interval_ms: 1000,
             timeout_ms: 3000,
             resume: None,
+            auth: None,
         },
     );
     // A client answers WELCOME with ACK(0), which confirms the new session.

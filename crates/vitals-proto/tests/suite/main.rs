@@ -1,5 +1,6 @@
 //! Integration suite: the protocol on virtual time through a two-peer simulator.
 
+mod auth;
 mod decoders;
 mod enforcement;
 mod json_compat;

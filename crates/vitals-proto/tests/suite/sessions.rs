@@ -196,6 +196,7 @@ fn resume_with_wrong_token_is_rejected_and_the_session_survives() {
             interval_ms: 1000,
             timeout_ms: 3000,
             resume: Some((real.id(), keys(999).token, 0)),
+            auth: None,
         },
     );
     server.handle_input(now, &hello);
@@ -420,6 +421,7 @@ fn receiver_drops_a_replayed_duplicate_and_rejects_a_gap() {
             interval_ms: 1000,
             timeout_ms: 3000,
             resume: None,
+            auth: None,
         },
     );
     frame::encode_data(&mut bytes, 0, 0, true, b"a");
