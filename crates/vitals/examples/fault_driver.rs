@@ -168,6 +168,17 @@ async fn stop_signal(limit: Duration) {
 
 struct Capture;
 
+/// INFO, or DEBUG with `FAULT_DRIVER_DEBUG=1` (then debug events that mention "refused" or
+/// "dropped" are printed as `LOG` lines too).
+fn max_level() -> tracing::Level {
+    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *DEBUG.get_or_init(|| std::env::var_os("FAULT_DRIVER_DEBUG").is_some()) {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    }
+}
+
 impl Capture {
     fn install() {
         let _ = tracing::subscriber::set_global_default(Capture);
@@ -197,10 +208,10 @@ impl tracing::field::Visit for Fields {
 
 impl tracing::Subscriber for Capture {
     fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        meta.is_event() && *meta.level() <= tracing::Level::INFO
+        meta.is_event() && *meta.level() <= max_level()
     }
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::INFO)
+        Some(tracing::level_filters::LevelFilter::from_level(max_level()))
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -220,7 +231,9 @@ impl tracing::Subscriber for Capture {
             emit!("CONVICTED {t} {ip} {}", s.as_micros());
         } else if let Some(l) = f.late_by {
             emit!("STALL {t} {}", l.as_micros());
-        } else if *event.metadata().level() <= tracing::Level::WARN {
+        } else if *event.metadata().level() <= tracing::Level::WARN
+            || (f.message.contains("refused") || f.message.contains("dropped"))
+        {
             emit!("LOG {t} {}", f.message.replace('\n', " "));
         }
     }
@@ -322,8 +335,8 @@ async fn server(o: Opts) -> Result<(), BoxError> {
                 Some(ServerEvent::Message { session, payload, .. }) => {
                     if let (Some(s), Some(n)) = (session, seq_number(&payload)) {
                         seq.see(s.0, n);
-                        if echo {
-                            let _ = handle.send_to_session(s, payload);
+                        if echo && let Err(e) = handle.send_to_session(s, payload) {
+                            emit!("SENDERR {} {n} {e}", wall_us());
                         }
                     }
                 }
@@ -503,25 +516,44 @@ async fn run_client(idx: usize, cfg: ClientConfig, crowd: Arc<Crowd>, plan: Opti
     let mut drain_until: Option<Instant> = None;
     loop {
         let notified = crowd.stop_seq.notified();
-        let drain = async {
-            match drain_until {
+        let drain_at = drain_until;
+        let drain = async move {
+            match drain_at {
                 Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
-        let ev = tokio::select! {
-            ev = client.next_event() => ev,
-            _ = notified, if plan.is_some() && !stopping => {
-                stopping = true;
-                if let Some(t) = &sender_task {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async { while !t.is_finished() { tokio::time::sleep(Duration::from_millis(5)).await } }).await;
-                }
-                // Everything sent is acknowledged by the server (across reconnects)?
-                flushed = tokio::time::timeout(Duration::from_secs(20), client.flush()).await.is_ok_and(|r| r.is_ok());
-                drain_until = Some(Instant::now() + Duration::from_secs(5));
-                continue;
+        // The client whose Dead event reached the limit set the flag itself (and its own `notified`
+        // was created before the notification): check the flag as well.
+        let stop_now = plan.is_some() && !stopping && crowd.stopping.load(Ordering::SeqCst);
+        let ev = if stop_now {
+            None
+        } else {
+            tokio::select! {
+                ev = client.next_event() => Some(ev),
+                _ = notified, if plan.is_some() && !stopping => None,
+                _ = drain => break,
             }
-            _ = drain => break,
+        };
+        let Some(ev) = ev else {
+            stopping = true;
+            if let Some(t) = &sender_task {
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while !t.is_finished() {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                })
+                .await;
+            }
+            // Everything sent is acknowledged by the server (across reconnects)?
+            flushed = tokio::time::timeout(Duration::from_secs(20), client.flush())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !flushed {
+                emit!("NOFLUSH {} {idx}", wall_us());
+            }
+            drain_until = Some(Instant::now() + Duration::from_secs(5));
+            continue;
         };
         let Some(ev) = ev else { break };
         let t = wall_us();
@@ -567,9 +599,11 @@ async fn run_client(idx: usize, cfg: ClientConfig, crowd: Arc<Crowd>, plan: Opti
                     if n == next {
                         next += 1;
                     } else if n > next {
+                        emit!("GAP {t} {idx} {next} {n}");
                         gaps += n - next;
                         next = n + 1;
                     } else {
+                        emit!("DUP {t} {idx} {next} {n}");
                         dups += 1;
                     }
                 }

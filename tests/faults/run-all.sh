@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The fault-injection suite: every scenario in network namespaces made here (see docs/FAULTS.md).
+# Exit 0 when every scenario passed (or when network namespaces cannot be made at all: then every
+# scenario is skipped with a message), 1 when any assertion failed.
+# Env: FAULTS_STRICT=1 (known failures fail the run too), FAULTS_SOAK_SECS (jitter/loss soak, default 60; 300 for the 5-minute run), FAULTS_ONLY="a b"
+# (run only these scenario names), FAULTS_OUT (where logs and results.jsonl go, default
+# $CARGO_TARGET_DIR/faults or target/faults).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+OUT=${FAULTS_OUT:-$TARGET_DIR/faults}
+export FAULTS_OUT=$OUT
+mkdir -p "$OUT"
+rm -f "$OUT/results.jsonl"
+start=$(date +%s)
+
+if [ "$(id -u)" != 0 ] || ! ip netns add vfprobe-$$ 2>/dev/null; then
+    echo "faults: SKIP — network namespaces cannot be created here (need root and netns support)"
+    exit 0
+fi
+ip netns del vfprobe-$$
+
+echo "== faults: building the driver (release)"
+cargo build --release -q -p vitals --example fault_driver || exit 1
+export FAULTS_NO_BUILD=1
+
+SCENARIOS=(
+    "blackhole-default|env MODE=default bash tests/faults/blackhole.sh"
+    "blackhole-client-driven|env MODE=client-driven bash tests/faults/blackhole.sh"
+    "halfopen|bash tests/faults/halfopen.sh"
+    "jitter-loss|bash tests/faults/jitter_loss.sh"
+    "stall|bash tests/faults/stall.sh"
+    "crash-restart|bash tests/faults/crash.sh"
+    "seq-max-age|env MODE=max-age bash tests/faults/seq.sh"
+    "seq-kill|env MODE=kill bash tests/faults/seq.sh"
+)
+# Scenarios that fail today because of open library bugs (docs/FAULTS.md, "Bugs found"): reported
+# loudly, but they do not fail the run unless FAULTS_STRICT=1. Remove a name once its bug is fixed.
+KNOWN_FAIL=${FAULTS_KNOWN_FAIL-"stall seq-max-age seq-kill"}
+passed=0 failed=0 skipped=0 known=0 failed_names=()
+for entry in "${SCENARIOS[@]}"; do
+    name=${entry%%|*}
+    cmd=${entry#*|}
+    if [ -n "${FAULTS_ONLY:-}" ] && ! [[ " $FAULTS_ONLY " == *" $name "* ]]; then
+        continue
+    fi
+    echo "== faults: $name"
+    t=$(date +%s)
+    bash -c "$cmd"
+    rc=$?
+    echo "   ($name: exit $rc, $(( $(date +%s) - t )) s)"
+    case $rc in
+        0)
+            passed=$((passed + 1))
+            [[ " $KNOWN_FAIL " == *" $name "* ]] && echo "   ($name passed although listed as a known failure: remove it from KNOWN_FAIL)"
+            ;;
+        77) skipped=$((skipped + 1)) ;;
+        *)
+            if [ -z "${FAULTS_STRICT:-}" ] && [[ " $KNOWN_FAIL " == *" $name "* ]]; then
+                known=$((known + 1))
+                echo "   ($name: KNOWN FAILURE — an open library bug, see docs/FAULTS.md; FAULTS_STRICT=1 makes it fail the run)"
+            else
+                failed=$((failed + 1))
+                failed_names+=("$name")
+            fi
+            ;;
+    esac
+done
+echo "== faults: $(( $(date +%s) - start )) s in all; results in $OUT/results.jsonl"
+[ $failed -gt 0 ] && echo "failed scenarios: ${failed_names[*]}"
+[ $known -gt 0 ] && echo "known failures (open library bugs): $known"
+echo "faults: $passed passed, $failed failed, $skipped skipped"
+[ $failed -eq 0 ]
