@@ -530,11 +530,13 @@ impl Loop {
         };
         conn.awaiting_resume = false;
         let mut sessions = self.shared.sessions();
+        // Resolve before purging, so that resuming an expired session is answered SessionExpired
+        // (the core checks expiry after the token) rather than UnknownSession.
+        conn.proto.resolve_resume(now, sessions.store.as_mut());
         let before = sessions.store.purge_expired(now);
         if before > 0 {
             tracing::debug!(purged = before, "expired sessions dropped");
         }
-        conn.proto.resolve_resume(now, sessions.store.as_mut());
         // Route the session to this connection in the same critical section that took it from the
         // store, so that `send_to_session` never finds it in neither place.
         if !conn.proto.is_closed()
