@@ -531,3 +531,39 @@ async fn server_rss_stays_bounded_under_hostile_connections() {
         mib(end.saturating_sub(start))
     );
 }
+
+/// Resume tokens handed out by the server: 16 bytes that differ per session (drawn from the OS
+/// random source by `fresh_keys`), and `Debug` of the token — alone or inside a WELCOME frame —
+/// shows none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_tokens_are_random_per_session_and_never_printed() {
+    let _serial = SERIAL.lock().await;
+    let mut server = Server::bind(server_config()).unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..4 {
+        let (id, token) = parked_session(&mut server).await;
+        let shown = format!(
+            "{token:?} {:?}",
+            Frame::Welcome(frame::Welcome {
+                version: frame::VERSION,
+                resumed: false,
+                interval_ms: 1,
+                timeout_ms: 2,
+                session_id: id,
+                token,
+                ack: 0,
+            })
+        );
+        let bytes = token.as_bytes();
+        assert!(shown.contains("ResumeToken(..)"), "{shown}");
+        assert!(!shown.contains(&format!("{bytes:?}")), "{shown}");
+        assert!(!shown.contains(&format!("{:?}", &bytes[..4])), "{shown}");
+        tokens.push(*bytes);
+    }
+    assert!(tokens.iter().all(|t| *t != [0; 16]));
+    for (i, a) in tokens.iter().enumerate() {
+        for b in &tokens[i + 1..] {
+            assert_ne!(a, b, "two sessions got the same token");
+        }
+    }
+}
