@@ -16,6 +16,12 @@ pub trait SessionStore {
     fn put(&mut self, session: Session);
     /// Drop every session expired at `now`; returns how many were dropped.
     fn purge_expired(&mut self, now: Instant) -> usize;
+    /// Sessions held.
+    fn len(&self) -> usize;
+    /// True if no session is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The default store: a `HashMap` in this process.
@@ -48,6 +54,10 @@ impl SessionStore for MemoryStore {
 
     fn put(&mut self, session: Session) {
         self.map.insert(session.id(), session);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
     }
 
     fn purge_expired(&mut self, now: Instant) -> usize {

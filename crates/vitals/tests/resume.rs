@@ -25,6 +25,9 @@ impl SessionStore for SharedStore {
     fn purge_expired(&mut self, now: Instant) -> usize {
         self.0.lock().unwrap().purge_expired(now)
     }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
 }
 
 const TOTAL: u64 = 100_000;
@@ -250,5 +253,43 @@ async fn messages_to_a_session_follow_it_across_a_disconnect() {
     assert!(got.iter().copied().eq(0..500), "lost, doubled or reordered");
     while let Some(e) = server.try_next_event() {
         assert!(!matches!(e, ServerEvent::SendRefused { .. }), "{e:?}");
+    }
+}
+
+/// Parked sessions that nobody resumes are dropped after their `ttl` even if no resume ever comes
+/// (a server only seeing new clients does not accumulate them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_sessions_expire_without_resumes() {
+    let mut cfg = server_config();
+    cfg.loops = 1;
+    cfg.proto.session.ttl = Duration::from_millis(200);
+    let mut server = Server::bind(cfg).unwrap();
+    let handle = server.handle();
+    let peers: Vec<_> = (0..20).map(|_| raw_peer(&server, &hello_bytes())).collect();
+    for _ in 0..20 {
+        server_event(&mut server, Duration::from_secs(5), |e| {
+            matches!(e, ServerEvent::Connected { .. }).then_some(())
+        })
+        .await;
+    }
+    drop(peers); // EOF without CLOSE: every session is parked for a resume
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while handle.parked_sessions() < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions were not parked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A healthy client keeps the loop busy; no resume happens.
+    let _client = Client::connect(client_config(&server));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while handle.parked_sessions() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} parked sessions outlived their ttl",
+            handle.parked_sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -69,6 +69,8 @@ pub(crate) struct Loop {
     socket_options: SocketOptions,
     stall_limit: Duration,
     draining: Option<Instant>,
+    /// When loop 0 next drops expired parked sessions.
+    next_purge: Instant,
     /// Connections touched in this iteration, serviced once at its end.
     touched: Vec<usize>,
 }
@@ -113,6 +115,7 @@ impl Loop {
             socket_options: SocketOptions::for_timeout(timeout),
             stall_limit: timeout,
             draining: None,
+            next_purge: Instant::now(),
             touched: Vec::new(),
             shared,
         })
@@ -160,6 +163,7 @@ impl Loop {
             }
             self.expire(now);
             self.service_touched(now);
+            self.purge_sessions(now);
         }
     }
 
@@ -864,6 +868,29 @@ impl Loop {
                 payload,
                 reason,
             });
+        }
+    }
+
+    /// Loop 0 drops expired parked sessions at most every `ttl / 4` (between 100 ms and 10 s), on
+    /// whatever wake-up comes next, so that a server that sees no resumes does not accumulate them.
+    /// Sessions are only parked when connections end, which wakes the loop; an idle loop is not woken
+    /// for this.
+    fn purge_sessions(&mut self, now: Instant) {
+        if self.shard != 0 || now < self.next_purge {
+            return;
+        }
+        let every = (self.shared.cfg.proto.session.ttl / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        self.next_purge = now + every;
+        let mut sessions = self.shared.sessions();
+        if sessions.store.is_empty() {
+            return;
+        }
+        let purged = sessions.store.purge_expired(now);
+        let left = sessions.store.len();
+        drop(sessions);
+        if purged > 0 {
+            tracing::debug!(purged, left, "expired sessions dropped");
         }
     }
 

@@ -239,6 +239,11 @@ impl ServerHandle {
         }
     }
 
+    /// Sessions parked in the session store (detached, waiting for a resume or their expiry).
+    pub fn parked_sessions(&self) -> usize {
+        self.shared.sessions().store.len()
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.shared.open.load(Ordering::Acquire)
