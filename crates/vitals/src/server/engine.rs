@@ -43,6 +43,8 @@ pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 const SCRATCH: usize = 64 * 1024;
 /// Most bytes gathered from a protocol core per write call.
 const OUT_BATCH: usize = 256 * 1024;
+/// How long an expired parked session is kept so that a resume is answered `SessionExpired`.
+const EXPIRED_GRACE: Duration = Duration::from_secs(30);
 /// Most connections a loop reserves slab and wheel room for up front (beyond it they grow as usual).
 const MAX_RESERVED_PER_LOOP: usize = 1 << 20;
 /// How long a closing connection may take to flush its last bytes (CLOSE frame) outside a drain.
@@ -871,7 +873,8 @@ impl Loop {
         }
     }
 
-    /// Loop 0 drops expired parked sessions at most every `ttl / 4` (between 100 ms and 10 s), on
+    /// Loop 0 drops parked sessions expired for [`EXPIRED_GRACE`] at most every `ttl / 4` (between
+    /// 100 ms and 10 s), on
     /// whatever wake-up comes next, so that a server that sees no resumes does not accumulate them.
     /// Sessions are only parked when connections end, which wakes the loop; an idle loop is not woken
     /// for this.
@@ -886,7 +889,11 @@ impl Loop {
         if sessions.store.is_empty() {
             return;
         }
-        let purged = sessions.store.purge_expired(now);
+        // Keep an expired session `EXPIRED_GRACE` longer, so that a late resume is told
+        // `SessionExpired` rather than `UnknownSession`.
+        let purged = sessions
+            .store
+            .purge_expired(now.checked_sub(EXPIRED_GRACE).unwrap_or(now));
         let left = sessions.store.len();
         drop(sessions);
         if purged > 0 {
