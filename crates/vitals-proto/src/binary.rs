@@ -449,7 +449,11 @@ impl Binary {
                 self.live.on_heartbeat();
                 if self.role == Role::Server {
                     let max = self.cfg().policy.max_ping_strikes;
-                    match self.live.on_peer_ping(now, max) {
+                    // Judged on the sender's timestamps (µs → ns), not on arrival: PINGs that the
+                    // kernel queued while we were stalled, or that a delay spike bunched together,
+                    // arrive at once but were sent an interval apart.
+                    let sent = timestamp_us.saturating_mul(1000);
+                    match self.live.on_peer_ping(sent, max) {
                         PingVerdict::Ok => {}
                         PingVerdict::Strike(strikes) => {
                             self.push_event(Event::PingStrike { strikes })

@@ -206,7 +206,8 @@ impl Liveness {
         }
     }
 
-    /// The peer pinged us at `now`: apply the ping-strike rule against the current interval.
+    /// The peer pinged us at `now` (its send time where the frame carries one, else the arrival):
+    /// apply the ping-strike rule against the current interval.
     pub(crate) fn on_peer_ping(&mut self, now: u64, max_strikes: u32) -> PingVerdict {
         let prev = std::mem::replace(&mut self.peer_ping, now);
         let prev = (prev != NEVER).then_some(prev);

@@ -163,3 +163,24 @@ fn json_server_closes_a_classic_client_that_pings_too_often() {
         }
     )));
 }
+
+/// PINGs sent an interval apart but read in one go (the server was stalled and the kernel queued
+/// them) are not ping abuse: the strike rule judges the sender's timestamps, not arrival times.
+#[test]
+fn pings_queued_during_a_server_stall_are_not_strikes() {
+    let mut c = Config::default();
+    c.liveness.interval = Duration::from_millis(500);
+    c.liveness.timeout = Duration::from_millis(5000);
+    c.liveness.stall_tolerance = Duration::from_millis(200);
+    c.policy.min_interval = Duration::from_millis(100);
+    c.policy.min_timeout = Duration::from_millis(300);
+    let mut p = Pair::new(c, c, 31);
+    assert!(p.run_until(Duration::from_secs(1), |p| p.connected()));
+    p.run_for(Duration::from_secs(2));
+    // The server is frozen for 2.5 s: the client keeps pinging every 500 ms meanwhile.
+    p.server.stalled_until = Some(p.now + Duration::from_millis(2500));
+    p.run_for(Duration::from_secs(5));
+    let strikes = p.server.count(|e| matches!(e, Event::PingStrike { .. }));
+    assert_eq!(strikes, 0, "queued pings were counted as strikes");
+    assert!(!p.server.conn.is_closed() && !p.client.conn.is_closed());
+}
