@@ -115,7 +115,9 @@ def blackhole(a):
     if d.get("n"):
         # The last byte precedes the drop by at most one interval (+ RTT): conviction must fall in
         # [timeout - interval, timeout] after the drop, plus scheduling noise.
-        check(d["min"] >= -a.interval_ms - 5, f"clients: no conviction earlier than timeout - interval after the drop (min {d['min']} ms)")
+        # (The rules go in between mark_before and mark: allow for the time nft took.)
+        lo = -a.interval_ms - res["nft_ms"] - 5
+        check(d["min"] >= lo, f"clients: no conviction earlier than timeout - interval after the drop (min {d['min']} ms >= {lo:.1f})")
         check(d["max"] <= LATE_MAX_MS, f"clients: conviction no later than timeout + {LATE_MAX_MS} ms after the drop (max {d['max']} ms)")
     if a.mode == "client-driven":
         d = res["client_conviction_minus_last_pong_minus_timeout_ms"]
@@ -181,8 +183,18 @@ def soak(a):
     print(f"jitter + loss soak, {a.n} connections, {res['soak_s']} s: RTT {res['rtt_ms']}; "
           f"proxy {res['proxy']}; packets dropped by nftables {a.dropped}")
     print(f"  server closes {res['server_closes']}; client deaths {res['client_deaths']}; local stalls {len(stalls)}")
-    check(not srv_closed, f"0 false convictions/closes on the server (got {len(srv_closed)})")
-    check(not cli_dead, f"0 false convictions/deaths on the clients (got {len(cli_dead)})")
+    # The liveness layer's own verdicts must never hit a live connection. Other disconnects (a TCP
+    # reset or EOF: not a decision of vitals) are reported, and the session must survive them.
+    verdicts = ("silence_timeout", "ping_abuse", "write_stall")
+    srv_false = [p for p in srv_closed if p[3] in verdicts]
+    cli_false = [p for p in cli_dead if p[3] in verdicts]
+    lost = [p for p in lines(cli, "L") if in_soak(p)]
+    check(not srv_false, f"0 false convictions by the server (silence, ping abuse, write stall; got {len(srv_false)})")
+    check(not cli_false, f"0 false convictions by the clients (got {len(cli_false)})")
+    check(not lost, f"every connection that did break resumed its session (sessions lost: {len(lost)})")
+    if cli_dead:
+        print(f"  note: {len(cli_dead)} client connection(s) broke by a transport error {res['client_deaths']} and resumed")
+    res["sessions_lost"] = len(lost)
     check(rtt is not None and int(rtt[2]) >= 150_000, "the proxy really delayed (RTT p50 >= 150 ms)")
     return res
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Scenario 1 — blackhole: N connections heartbeat (interval 500ms, timeout 2s) between two namespaces,
-# then nftables drops every packet between them. Measures conviction time minus the timeout, on the
+# then nftables drops every packet between them
+# (input hooks of both namespaces). Measures conviction time minus the timeout, on the
 # server (the engine's own measure of the silence since the last byte it read) and on the clients.
 # MODE=default (both sides ping) or MODE=client-driven (clients ping, the server answers: then the
 # last byte a client hears is a PONG, which the driver sees, so the client side is exact too).
@@ -25,6 +26,7 @@ log "$N connections up; heartbeating 3 s"
 sleep 3
 t0=$(now_us)
 nft_drop "$NS_C" "$IF_C"
+nft_drop "$NS_S" "$IF_S"
 t1=$(now_us)
 log "blackhole in place (nft took $(( (t1 - t0) / 1000 )) ms)"
 sleep 4

@@ -146,14 +146,16 @@ stop_proc() {
     wait "$p" 2>/dev/null || true
 }
 
-# nft_in NS RULE: a table `vfault` with input and output filter chains in NS, each holding RULE with
-# IFACE replaced by the interface match (`iifname X` / `oifname X`).
+# nft_drop NS IFACE [MATCH]: drops (and counts) packets arriving in NS on IFACE, optionally only
+# those matching MATCH (e.g. `numgen random mod 100 < 1`). Input hook only, so a drop looks like loss
+# on the wire: dropping in the sender's own output hook would instead fail its send locally (EPERM),
+# which TCP handles differently (TCPRetransFail, and an early TCP_USER_TIMEOUT abort was seen).
+# Call it in both namespaces to cut both directions.
 nft_drop() {
     local ns=$1 ifc=$2 extra=${3:-}
     ip netns exec "$ns" nft -f - <<EOF
 table inet vfault {
     chain in { type filter hook input priority 0; policy accept; iifname "$ifc" $extra counter drop; }
-    chain out { type filter hook output priority 0; policy accept; oifname "$ifc" $extra counter drop; }
 }
 EOF
 }

@@ -52,7 +52,7 @@ for entry in "${SCENARIOS[@]}"; do
     case $rc in
         0)
             passed=$((passed + 1))
-            [[ " $KNOWN_FAIL " == *" $name "* ]] && echo "   ($name passed although listed as a known failure: remove it from KNOWN_FAIL)"
+            [[ " $KNOWN_FAIL " == *" $name "* ]] && echo "   ($name passed, although listed as a known failure (its bug is intermittent); remove it from KNOWN_FAIL once fixed)"
             ;;
         77) skipped=$((skipped + 1)) ;;
         *)
