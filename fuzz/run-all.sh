@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 SECS="${SECS:-600}"
-for t in frame_decoder json_decoder; do
+for t in frame_decoder json_decoder connection; do
   mkdir -p "corpus-full/$t"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus-full/$t" "corpus/$t" -- -max_total_time="$SECS" 2>&1 | tee "/tmp/fuzz-$t.log" | tail -n 30
 done
