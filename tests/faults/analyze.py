@@ -201,7 +201,7 @@ def soak(a):
 
 def stall(a):
     srv, live, dead = f"{a.dir}/server.log", f"{a.dir}/live.log", f"{a.dir}/dead.log"
-    after = lambda p: int(p[1]) >= a.mark
+    after = lambda p: a.mark <= int(p[1]) <= (a.end or 1 << 62)
     closed = [p for p in lines(srv, "CLOSED") if after(p)]
     live_closed = [p for p in closed if p[2] == a.live_ip]
     dead_closed = [p for p in closed if p[2] == a.dead_ip]

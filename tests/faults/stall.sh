@@ -35,9 +35,10 @@ sleep $((STOP_MS / 1000))
 kill -CONT "$SRV"
 log "server resumed"
 sleep 7
+t_end=$(now_us)  # closes after this are the teardown's
 stop_proc "$LIVE"
-kill -KILL "$DEAD" 2>/dev/null || true
+{ kill -KILL "$DEAD"; wait "$DEAD"; } 2>/dev/null || true
 stop_proc "$SRV"
 wait 2>/dev/null || true
-analyze stall --dir "$OUT" --n "$N" --dead-n "$DEAD_N" --mark "$t0" --stop-ms $STOP_MS --timeout-ms 3000 \
+analyze stall --dir "$OUT" --n "$N" --dead-n "$DEAD_N" --mark "$t0" --end "$t_end" --stop-ms $STOP_MS --timeout-ms 3000 \
     --interval-ms 500 --live-ip $A_C --dead-ip $A_DEAD --busy "$BUSY"
