@@ -4,6 +4,7 @@
 #
 #   bench/compare-mosquitto.sh                 # N = 1000 10000 19000, 30 s each (about 5 minutes)
 #   NS="1000 5000" DURATION=10 bench/compare-mosquitto.sh
+#   NS=19000 PAUSE=65 bench/compare-mosquitto.sh   # wait out TIME_WAIT between runs near the port limit
 #
 # mosquitto (Debian package, installed here where missing) is driven by bench/mqtt_load.py (standard
 # library only: CONNECT, then PINGREQ every INTERVAL, PINGRESP counted); vitals by `vitals bench`.
@@ -15,6 +16,9 @@ cd "$(dirname "$0")/.."
 NS="${NS:-1000 10000 19000}"
 DURATION="${DURATION:-30}"
 INTERVAL="${INTERVAL:-1}"
+# Seconds to wait between runs: closed client sockets sit in TIME_WAIT for 60 s, and at 19,000
+# connections the next run would not find enough ephemeral ports (127.0.0.1-3 share one range).
+PAUSE="${PAUSE:-0}"
 OUT=bench/results
 mkdir -p "$OUT"
 
@@ -59,6 +63,7 @@ echo "{\"machine\": \"$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc
 first=1
 for n in $NS; do
   for which in mosquitto vitals vitals-client-driven; do
+    [ "$first" = 1 ] || sleep "$PAUSE"
     case $which in
       mosquitto) line=$(run_mosquitto "$n") ;;
       vitals) line=$(run_vitals "$n" vitals) ;;
