@@ -761,23 +761,9 @@ fn flush_tls(
     loop {
         let n = write_out(tls, &mut TryWriter(stream))?;
         metrics::counter!(m::BYTES_OUT).increment(n as u64);
-        if tls.wants_write() {
+        if tls.wants_write() || !crate::tls::encrypt_next(tls, proto, out, OUT_BATCH)? {
             return Ok(());
         }
-        out.clear();
-        while out.len() < OUT_BATCH && proto.poll_transmit(out) > 0 {}
-        if out.is_empty() {
-            if proto.is_closed() {
-                // Idempotent in rustls: sent once, then a no-op.
-                tls.send_close_notify();
-                if tls.wants_write() {
-                    continue;
-                }
-            }
-            return Ok(());
-        }
-        // Before the handshake completes rustls keeps this as plaintext and sends it afterwards.
-        io::Write::write_all(&mut tls.writer(), out)?;
     }
 }
 

@@ -198,6 +198,30 @@ pub(crate) fn write_out<D>(
     Ok(written)
 }
 
+/// Hands the protocol core's next batch of output (at most about `batch` bytes) to rustls, which
+/// encrypts it into records it then holds for `write_out`; once the core is closed and has nothing
+/// left, queues `close_notify` (idempotent in rustls: sent once). True when records were queued (the
+/// caller writes them and comes back), false when there is nothing more to send.
+pub(crate) fn encrypt_next<D>(
+    tls: &mut ConnectionCommon<D>,
+    proto: &mut vitals_proto::Connection,
+    out: &mut Vec<u8>,
+    batch: usize,
+) -> io::Result<bool> {
+    out.clear();
+    while out.len() < batch && proto.poll_transmit(out) > 0 {}
+    if out.is_empty() {
+        if proto.is_closed() {
+            tls.send_close_notify();
+            return Ok(tls.wants_write());
+        }
+        return Ok(false);
+    }
+    // Before the handshake completes rustls keeps this as plaintext and sends it afterwards.
+    io::Write::write_all(&mut tls.writer(), out)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

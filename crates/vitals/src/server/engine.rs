@@ -949,20 +949,9 @@ fn flush_tls(
             return Ok(());
         }
         *backlog = None;
-        out.clear();
-        while out.len() < OUT_BATCH && proto.poll_transmit(out) > 0 {}
-        if out.is_empty() {
-            if proto.is_closed() {
-                // Idempotent in rustls: sent once, then a no-op.
-                tls.send_close_notify();
-                if tls.wants_write() {
-                    continue;
-                }
-            }
+        if !crate::tls::encrypt_next(tls, proto, out, OUT_BATCH).map_err(io_err)? {
             return Ok(());
         }
-        // Before the handshake completes rustls keeps this as plaintext and sends it afterwards.
-        io::Write::write_all(&mut tls.writer(), out).map_err(io_err)?;
     }
 }
 
