@@ -36,7 +36,7 @@ SCENARIOS=(
 )
 # Scenarios that fail today because of open library bugs (docs/FAULTS.md, "Bugs found"): reported
 # loudly, but they do not fail the run unless FAULTS_STRICT=1. Remove a name once its bug is fixed.
-KNOWN_FAIL=${FAULTS_KNOWN_FAIL-"seq-max-age seq-kill"}
+KNOWN_FAIL=${FAULTS_KNOWN_FAIL-""}
 passed=0 failed=0 skipped=0 known=0 failed_names=()
 for entry in "${SCENARIOS[@]}"; do
     name=${entry%%|*}

@@ -18,6 +18,8 @@ pub trait SessionStore {
     fn purge_expired(&mut self, now: Instant) -> usize;
     /// Sessions held.
     fn len(&self) -> usize;
+    /// True if session `id` is held.
+    fn contains(&self, id: SessionId) -> bool;
     /// True if no session is held.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -58,6 +60,10 @@ impl SessionStore for MemoryStore {
 
     fn len(&self) -> usize {
         self.map.len()
+    }
+
+    fn contains(&self, id: SessionId) -> bool {
+        self.map.contains_key(&id)
     }
 
     fn purge_expired(&mut self, now: Instant) -> usize {

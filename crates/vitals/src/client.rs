@@ -603,6 +603,14 @@ impl Task {
                 },
             }
         }
+        // Messages that came with the last read (the one that also saw the EOF or the reset) were
+        // accepted by the core, which will tell the server so when it resumes: hand them to the
+        // application now, or they would be lost.
+        while let Some(event) = proto.poll_event() {
+            if let Event::Message { payload, .. } = event {
+                self.emit(ClientEvent::Message(payload));
+            }
+        }
         let now = Instant::now();
         let reason = reason.unwrap_or(DisconnectReason::Eof);
         let next_config = match &reason {

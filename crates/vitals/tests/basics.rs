@@ -214,3 +214,46 @@ async fn a_send_to_a_closed_connection_comes_back() {
     assert_eq!(payload, b"too late");
     assert_eq!(reason, "connection closed");
 }
+
+/// A message that arrives in the same read as the connection's end (DATA, then FIN) still reaches the
+/// application: the client's core has accepted it and would tell the server so on resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_arriving_with_the_fin_is_delivered() {
+    use std::io::{Read, Write};
+    use vitals::vitals_proto::frame::{self, Welcome};
+    use vitals::vitals_proto::{ResumeToken, SessionId};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hello = [0u8; 64];
+        let _ = s.read(&mut hello).unwrap();
+        let mut out = Vec::new();
+        frame::encode_welcome(
+            &mut out,
+            &Welcome {
+                version: frame::VERSION,
+                resumed: false,
+                interval_ms: INTERVAL.as_millis() as u32,
+                timeout_ms: TIMEOUT.as_millis() as u32,
+                session_id: SessionId(42),
+                token: ResumeToken::from_bytes([9; 16]),
+                ack: 0,
+            },
+        );
+        frame::encode_data(&mut out, 0, 0, true, b"last words");
+        s.write_all(&out).unwrap(); // WELCOME + DATA, then FIN: one read for the client
+        drop(s);
+    });
+    let mut cfg = vitals::ClientConfig::new(addr).with_timing(INTERVAL, TIMEOUT);
+    cfg.reconnect = false;
+    let mut client = Client::connect(cfg);
+    let got = client_event(&mut client, Duration::from_secs(5), |e| match e {
+        ClientEvent::Message(p) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, b"last words");
+    server.join().unwrap();
+}

@@ -28,6 +28,9 @@ impl SessionStore for SharedStore {
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()
     }
+    fn contains(&self, id: SessionId) -> bool {
+        self.0.lock().unwrap().contains(id)
+    }
 }
 
 const TOTAL: u64 = 100_000;

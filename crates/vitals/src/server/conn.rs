@@ -64,6 +64,15 @@ pub(crate) struct Ending {
     pub(crate) close_when_flushed: Option<vitals_proto::CloseCode>,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("generation", &self.generation)
+            .field("session", &self.session())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Conn {
     pub(crate) fn new(
         stream: TcpStream,

@@ -27,7 +27,7 @@ use vitals_proto::{CloseCode, Connection, Event, ResumeToken, Role, SessionId, S
 use vitals_timer::{Jitter, Wheel};
 
 use super::conn::{Backlog, Conn, read_into, write_some};
-use super::shared::{Command, Shared};
+use super::shared::{Command, Sessions, Shared};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
 use crate::metrics as m;
@@ -448,7 +448,10 @@ impl Loop {
                     session, resumed, ..
                 } => {
                     conn.set_session(session);
-                    self.shared.sessions().routes.insert(session, id);
+                    let mut sessions = self.shared.sessions();
+                    sessions.routes.insert(session, id);
+                    sessions.parked.remove(&session);
+                    drop(sessions);
                     if resumed {
                         metrics::counter!(m::RESUMES).increment(1);
                     }
@@ -509,24 +512,75 @@ impl Loop {
     fn resume(&mut self, idx: usize, id: ConnId, session: SessionId, now: Instant) {
         let holder = self.shared.sessions().routes.get(&session).copied();
         match holder {
+            Some(home) if home.shard != self.shard => {
+                // The session's home is another loop: hand this connection over, so that the resume
+                // and every later send for the session go through that loop's queue, in order.
+                if let Some(mut conn) = self.detach(idx) {
+                    conn.awaiting_resume = true;
+                    let conn = Box::new(conn);
+                    if !self
+                        .shared
+                        .to_loop_of(home, Command::Adopt { conn, session })
+                    {
+                        // The home loop has exited (shutdown): the connection is dropped with the
+                        // command; the client reconnects.
+                        tracing::debug!(%home, "session's home loop is gone");
+                        self.shared.open.fetch_sub(1, Ordering::AcqRel);
+                        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+                    }
+                }
+                return;
+            }
             Some(victim) if victim != id => {
                 if let Some(vidx) = self.index_of(victim) {
                     self.evict(vidx, now);
-                } else if victim.shard != self.shard {
-                    if let Some(conn) = self.conns.get_mut(idx) {
-                        conn.awaiting_resume = true;
-                    }
-                    let sent = self
-                        .shared
-                        .to_loop_of(victim, Command::Evict { victim, waiter: id });
-                    if sent {
-                        return;
-                    }
                 }
             }
             _ => {}
         }
         self.resolve(idx, now);
+    }
+
+    /// Removes connection `idx` from this loop without closing it (to hand it to another loop).
+    fn detach(&mut self, idx: usize) -> Option<Conn> {
+        if !self.conns.contains(idx) {
+            return None;
+        }
+        let mut conn = self.conns.remove(idx);
+        if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
+            tracing::warn!(error = %e, "deregister failed; closing the connection");
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
+            metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+            return None;
+        }
+        if let Some(key) = conn.timer.take() {
+            let _ = self.wheel.cancel(key);
+        }
+        conn.writable = false;
+        Some(conn)
+    }
+
+    /// Takes over a connection handed to this loop (the session's home) and resolves its resume here.
+    fn adopt(&mut self, mut conn: Conn, session: SessionId, now: Instant) {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        conn.generation = generation;
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut conn.stream, Token(idx), Interest::READABLE)
+        {
+            tracing::warn!(error = %e, "register of a handed-over connection failed");
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
+            metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+            return;
+        }
+        entry.insert(conn);
+        let id = self.id(idx, generation);
+        self.resume(idx, id, session, now);
+        self.touched.push(idx);
     }
 
     /// Resolves a pending resume on `idx` against the store.
@@ -551,6 +605,7 @@ impl Loop {
             conn.set_session(session);
             let generation = conn.generation;
             sessions.routes.insert(session, self.id(idx, generation));
+            sessions.parked.remove(&session);
         }
         drop(sessions);
         self.touched.push(idx);
@@ -713,11 +768,17 @@ impl Loop {
             let sid = session.id();
             let mut sessions = self.shared.sessions();
             let owner = sessions.routes.get(&sid).copied();
-            if owner == Some(id) {
-                sessions.routes.remove(&sid);
-            }
-            if !final_close && owner.is_none_or(|o| o == id) {
-                sessions.store.put(session);
+            if owner.is_none_or(|o| o == id) {
+                if final_close {
+                    sessions.routes.remove(&sid);
+                    sessions.parked.remove(&sid);
+                } else {
+                    // Parked: the route stays on this connection, so that sends for the session keep
+                    // coming to this loop (its home) and go into the parked session in order.
+                    sessions.store.put(session);
+                    sessions.routes.insert(sid, id);
+                    sessions.parked.insert(sid);
+                }
             }
         }
         self.shared.open.fetch_sub(1, Ordering::AcqRel);
@@ -770,19 +831,7 @@ impl Loop {
                     self.touched.push(idx);
                 }
             }
-            Command::Evict { victim, waiter } => {
-                if let Some(idx) = self.index_of(victim) {
-                    self.evict(idx, now);
-                }
-                if !self.shared.to_loop_of(waiter, Command::Resolve { waiter }) {
-                    tracing::debug!(%waiter, "resume waiter's loop is gone");
-                }
-            }
-            Command::Resolve { waiter } => {
-                if let Some(idx) = self.index_of(waiter) {
-                    self.resolve(idx, now);
-                }
-            }
+            Command::Adopt { conn, session } => self.adopt(*conn, session, now),
             Command::Shutdown { deadline } => {
                 if let Some(mut listener) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut listener);
@@ -840,6 +889,15 @@ impl Loop {
         if let Some(sid) = session {
             let mut sessions = self.shared.sessions();
             let route = sessions.routes.get(&sid).copied().filter(|r| *r != conn);
+            if let Some(to) = route
+                && let Some(idx) = self.index_of(to)
+            {
+                // The session moved to a connection of this loop: queue it now, ahead of anything
+                // sent since (which is behind this command in the queue).
+                drop(sessions);
+                self.queue_message(idx, to, payload.take().unwrap_or_default(), now);
+                return;
+            }
             if let Some(to) = route {
                 drop(sessions);
                 let cmd = Command::Send {
@@ -894,6 +952,20 @@ impl Loop {
         let purged = sessions
             .store
             .purge_expired(now.checked_sub(EXPIRED_GRACE).unwrap_or(now));
+        if purged > 0 {
+            let Sessions {
+                store,
+                routes,
+                parked,
+            } = &mut *sessions;
+            parked.retain(|sid| {
+                let keep = store.contains(*sid);
+                if !keep {
+                    routes.remove(sid);
+                }
+                keep
+            });
+        }
         let left = sessions.store.len();
         drop(sessions);
         if purged > 0 {

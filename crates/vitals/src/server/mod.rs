@@ -93,6 +93,7 @@ impl Server {
             sessions: Mutex::new(Sessions {
                 store,
                 routes: HashMap::new(),
+                parked: std::collections::HashSet::new(),
             }),
             remotes,
         });

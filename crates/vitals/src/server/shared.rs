@@ -1,7 +1,7 @@
 //! State the event loops and the application handle share: the session table, the connection count,
 //! and a way to reach each loop (command queue + waker).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -28,11 +28,13 @@ pub(crate) enum Command {
     },
     /// Drop the TCP connection without a CLOSE, keeping its session for a resume.
     Disconnect { conn: ConnId },
-    /// A session is being resumed on `waiter`: tear `victim` down (storing its session), then tell the
-    /// waiter's loop to resolve.
-    Evict { victim: ConnId, waiter: ConnId },
-    /// The session `waiter` asked for is now in the store (or gone for good): resolve the resume.
-    Resolve { waiter: ConnId },
+    /// A connection asks to resume a session whose home is this loop: take it over (register its
+    /// socket here) and resolve the resume here, so that every send for a session goes through one
+    /// loop's queue, in order.
+    Adopt {
+        conn: Box<super::conn::Conn>,
+        session: SessionId,
+    },
     /// Stop accepting, close every connection with `Shutdown`, drain until `deadline`, exit.
     Shutdown { deadline: Instant },
 }
@@ -54,7 +56,11 @@ impl Remote {
 /// Detached sessions and where attached ones live.
 pub(crate) struct Sessions {
     pub(crate) store: Box<dyn SessionStore + Send>,
+    /// Where sends for a session go: its live connection, or — while it is parked — the connection it
+    /// last had, whose loop (the session's home) queues them into the parked session in order.
     pub(crate) routes: HashMap<SessionId, ConnId>,
+    /// Sessions whose route points at a closed connection (parked in the store).
+    pub(crate) parked: HashSet<SessionId>,
 }
 
 /// Shared by all loops of one server and its handles.
