@@ -38,6 +38,8 @@ use crate::tls::{Fed, feed, write_out};
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 /// Token of the waker that signals queued commands.
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+/// Token of the timerfd that ends the last sub-millisecond of a wait for a deadline.
+const TIMER: Token = Token(usize::MAX - 3);
 
 /// Scratch read buffer size: large enough for a burst of frames, shared by all connections of a loop.
 const SCRATCH: usize = 64 * 1024;
@@ -71,6 +73,9 @@ pub(crate) struct Loop {
     socket_options: SocketOptions,
     stall_limit: Duration,
     draining: Option<Instant>,
+    /// A timerfd for the last sub-millisecond of a wait (`epoll_wait` counts whole milliseconds and
+    /// rounds up, which would add up to a tick to every deadline). `None` where it cannot be made.
+    timerfd: Option<rustix::fd::OwnedFd>,
     /// When loop 0 next drops expired parked sessions.
     next_purge: Instant,
     /// Connections touched in this iteration, serviced once at its end.
@@ -89,6 +94,21 @@ impl Loop {
         let mut listener = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let timerfd = rustix::time::timerfd_create(
+            rustix::time::TimerfdClockId::Monotonic,
+            rustix::time::TimerfdFlags::NONBLOCK | rustix::time::TimerfdFlags::CLOEXEC,
+        )
+        .ok()
+        .filter(|fd| {
+            use std::os::fd::AsRawFd;
+            poll.registry()
+                .register(
+                    &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+                    TIMER,
+                    Interest::READABLE,
+                )
+                .is_ok()
+        });
         let timeout = shared.cfg.liveness().timeout;
         // Reserve (not touch) room for this loop's share of the connection limit: the slab and the
         // wheel then never grow by doubling, which would copy them and leave up to half their
@@ -118,6 +138,7 @@ impl Loop {
             stall_limit: timeout,
             draining: None,
             next_purge: Instant::now(),
+            timerfd,
             touched: Vec::new(),
             shared,
         })
@@ -137,7 +158,7 @@ impl Loop {
             let timeout = self
                 .wheel
                 .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+                .map(|d| self.wait_for(d.saturating_duration_since(now)));
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -149,6 +170,7 @@ impl Loop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
+                    TIMER => self.drain_timerfd(),
                     WAKER => {
                         if !self.run_commands(now) {
                             self.close_all(now);
@@ -166,6 +188,42 @@ impl Loop {
             self.expire(now);
             self.service_touched(now);
             self.purge_sessions(now);
+        }
+    }
+
+    /// The `epoll_wait` timeout for a deadline `wait` away: whole milliseconds rounded down (the poller
+    /// rounds up, which would make every deadline up to a millisecond late); the last fraction of a
+    /// millisecond goes to the timerfd, armed only then. Without a timerfd: `wait` as it is.
+    fn wait_for(&mut self, wait: Duration) -> Duration {
+        let Some(fd) = &self.timerfd else {
+            return wait;
+        };
+        let whole_ms = Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        if !whole_ms.is_zero() || wait.is_zero() {
+            return whole_ms;
+        }
+        let spec = rustix::time::Itimerspec {
+            it_interval: rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: i64::from(wait.subsec_nanos()),
+            },
+        };
+        match rustix::time::timerfd_settime(fd, rustix::time::TimerfdTimerFlags::empty(), &spec) {
+            // The timerfd ends the wait; the poller's own timeout is only a backstop.
+            Ok(_) => Duration::from_millis(1),
+            Err(_) => wait,
+        }
+    }
+
+    /// Reads the timerfd's expiry count so that it can fire again.
+    fn drain_timerfd(&mut self) {
+        if let Some(fd) = &self.timerfd {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut buf);
         }
     }
 
