@@ -348,44 +348,25 @@ impl Task {
     async fn wait_offline(&mut self, delay: Duration) -> bool {
         let until = tokio::time::Instant::now() + delay;
         loop {
-            if self.blocked.is_none()
-                && let Some(session) = &mut self.session
-            {
-                // Accept into the stored session while it has room.
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => return false,
-                    cmd = self.cmds.recv() => match cmd {
-                        Some(Cmd::Send { payload, done }) => {
-                            if session.has_room(payload.len()) {
-                                let r = session.push(Instant::now(), payload).map(|_| ()).map_err(|e| Error::Backpressure(e.to_string()));
-                                let _ = done.send(r);
-                            } else {
-                                self.blocked = Some((payload, done));
-                            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return false,
+                cmd = self.cmds.recv(), if self.blocked.is_none() => match cmd {
+                    Some(Cmd::Send { payload, done }) => match &mut self.session {
+                        // Accept into the stored session while it has room.
+                        Some(session) if session.has_room(payload.len()) => {
+                            let r = session.push(Instant::now(), payload).map(|_| ()).map_err(|e| Error::Backpressure(e.to_string()));
+                            let _ = done.send(r);
                         }
-                        None => return true,
+                        _ => self.blocked = Some((payload, done)),
                     },
-                    ctl = self.ctl.recv() => match ctl {
-                        Some(Ctl::Close(done)) => { let _ = done.send(()); return true; }
-                        Some(Ctl::Flush(done)) => self.flushers.push(done),
-                        Some(Ctl::Ping) => {}
-                        None => return true,
-                    },
-                }
-            } else {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => return false,
-                    cmd = self.cmds.recv(), if self.blocked.is_none() => match cmd {
-                        Some(Cmd::Send { payload, done }) => self.blocked = Some((payload, done)),
-                        None => return true,
-                    },
-                    ctl = self.ctl.recv() => match ctl {
-                        Some(Ctl::Close(done)) => { let _ = done.send(()); return true; }
-                        Some(Ctl::Flush(done)) => self.flushers.push(done),
-                        Some(Ctl::Ping) => {}
-                        None => return true,
-                    },
-                }
+                    None => return true,
+                },
+                ctl = self.ctl.recv() => match ctl {
+                    Some(Ctl::Close(done)) => { let _ = done.send(()); return true; }
+                    Some(Ctl::Flush(done)) => self.flushers.push(done),
+                    Some(Ctl::Ping) => {}
+                    None => return true,
+                },
             }
         }
     }
