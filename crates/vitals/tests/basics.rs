@@ -92,25 +92,9 @@ async fn a_silent_peer_is_convicted_and_others_are_unaffected() {
         _ => None,
     })
     .await;
+    // Its last sign of life was the HELLO, just before `Connected`.
     let connected_at = tokio::time::Instant::now();
-    let (reason, elapsed) = server_event(&mut server, Duration::from_secs(5), |e| match e {
-        ServerEvent::Closed { conn, reason, .. } if *conn == silent => {
-            Some((reason.clone(), connected_at.elapsed()))
-        }
-        _ => None,
-    })
-    .await;
-    assert_eq!(reason, DisconnectReason::SilenceTimeout);
-    // Conviction after `timeout` of silence (the HELLO was its last sign of life), within a tick plus
-    // scheduling noise; never before.
-    assert!(
-        elapsed >= TIMEOUT - Duration::from_millis(20),
-        "convicted early: {elapsed:?}"
-    );
-    assert!(
-        elapsed < TIMEOUT + Duration::from_millis(250),
-        "convicted late: {elapsed:?}"
-    );
+    assert_convicted_at_timeout(&mut server, silent, connected_at).await;
 
     // The healthy client saw no disconnect and still exchanges messages.
     while let Some(e) = healthy.try_next_event() {

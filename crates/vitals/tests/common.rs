@@ -100,3 +100,29 @@ pub fn raw_peer(server: &Server, bytes: &[u8]) -> std::net::TcpStream {
     s.write_all(bytes).unwrap();
     s
 }
+
+/// Waits for connection `conn` to be closed and asserts it was convicted for silence `TIMEOUT` after
+/// `silent_since` (its last sign of life): never before (minus 20 ms of clock slack), and within a
+/// tick plus scheduling noise (250 ms on a loaded machine).
+pub async fn assert_convicted_at_timeout(
+    server: &mut Server,
+    conn: vitals::ConnId,
+    silent_since: tokio::time::Instant,
+) {
+    let (reason, elapsed) = server_event(server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Closed {
+            conn: c, reason, ..
+        } if *c == conn => Some((reason.clone(), silent_since.elapsed())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, vitals::DisconnectReason::SilenceTimeout);
+    assert!(
+        elapsed >= TIMEOUT - Duration::from_millis(20),
+        "convicted early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < TIMEOUT + Duration::from_millis(250),
+        "convicted late: {elapsed:?}"
+    );
+}
