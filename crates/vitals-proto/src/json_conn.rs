@@ -1,6 +1,6 @@
 //! The JSON-compatible connection: liveness with `{"ping":N}`/`{"pong":N}`, no sessions.
 //!
-//! Our pings carry `N` = microseconds since this connection's epoch; a pong that answers it
+//! Our pings carry `N` = microseconds since this connection was created; a pong that answers it
 //! with `N` or `N + 1` gives an RTT sample, any other pong is still a sign of life. Pongs we
 //! send answer the peer's `N` with `N + 1`, as the classic servers do (`{"ping":10}` →
 //! `{"pong":11}`). Closing sends nothing (the classic protocol has no close message).
@@ -59,6 +59,9 @@ pub(crate) struct Json {
     live: Liveness,
     /// Stream offset of the next input byte (error messages name offsets).
     received: u64,
+    /// This connection's creation, in µs since the liveness anchor: our pings carry times
+    /// relative to it, so that `N` stays small for classic peers.
+    epoch_us: u64,
     send_seq: u64,
     recv_seq: u64,
     /// Payload of the inline control message.
@@ -81,8 +84,10 @@ fn is_ws(b: u8) -> bool {
 
 impl Json {
     pub(crate) fn new(now: Instant, role: Role, cfg: Arc<JsonConfig>) -> Json {
+        let live = Liveness::new(now, &cfg.liveness);
         Json {
-            live: Liveness::new(now, &cfg.liveness),
+            epoch_us: live.ns(now) / 1000,
+            live,
             cfg,
             received: 0,
             send_seq: 0,
@@ -128,7 +133,9 @@ impl Json {
 
     /// Append the inline control messages, in the order they were queued, and clear them.
     fn take_inline_ctl(&mut self, out: &mut Vec<u8>) {
-        let ping = self.ping_due.then(|| self.live.last_ping_made().1);
+        let ping = self
+            .ping_due
+            .then(|| self.live.last_ping_made().1.saturating_sub(self.epoch_us));
         let ping_first = self.ping_first;
         (self.ping_due, self.ping_first) = (false, false);
         if let (Some(ts), true) = (ping, ping_first) {
@@ -314,9 +321,13 @@ impl Json {
                     self.cold_mut().events.push_front(e);
                 }
                 // Classic servers answer N + 1; echoing servers answer N. Either is our sample.
+                let ts = n.saturating_add(self.epoch_us);
                 if let Some(nonce) = self.live.outstanding_nonce()
-                    && (self.live.on_pong(now, nonce, n).is_some()
-                        || self.live.on_pong(now, nonce, n.saturating_sub(1)).is_some())
+                    && (self.live.on_pong(now, nonce, ts).is_some()
+                        || self
+                            .live
+                            .on_pong(now, nonce, ts.saturating_sub(1))
+                            .is_some())
                 {
                     if self.cold.as_deref().is_none_or(|c| c.events.is_empty()) {
                         self.rtt_event = true;
@@ -362,7 +373,7 @@ impl Json {
         let pings = self.cfg.send_pings.unwrap_or(self.role == Role::Client);
         if v.ping && pings {
             let (_, ts) = self.live.make_ping(now);
-            self.queue_ctl(Ctl::Ping, ts);
+            self.queue_ctl(Ctl::Ping, ts.saturating_sub(self.epoch_us));
         }
     }
 

@@ -65,9 +65,11 @@ pub(crate) struct Verdict {
 /// "No such time" for the optional instants below.
 const NEVER: u64 = u64::MAX;
 
-/// A process-wide origin for connection epochs, so that an epoch is 8 bytes (nanoseconds since
-/// the anchor) rather than a 16-byte `Instant`. It lies far (up to 146 years) before the first
-/// instant any connection was given, so every instant a connection sees is after it.
+/// A process-wide origin for every connection's times, so that a time is 8 bytes (nanoseconds
+/// since the anchor) rather than a 16-byte `Instant`, and a connection needs no epoch of its own.
+/// It lies far (up to 146 years, 2^62 ns) before the first instant any connection was given, so
+/// every instant a connection sees is after it, and a `u64` of nanoseconds since it lasts
+/// centuries more.
 static ANCHOR: OnceLock<Instant> = OnceLock::new();
 
 fn anchor(hint: Instant) -> Instant {
@@ -88,7 +90,7 @@ pub(crate) fn nanos(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 struct PhiState {
     detector: PhiDetector,
-    /// Arrival times (ns since epoch) of the last two inputs: the gap phi samples.
+    /// Arrival times (ns since the anchor) of the last two inputs: the gap phi samples.
     last_recv: u64,
     prev_recv: u64,
     /// Whether the gap of the current input was sampled already.
@@ -96,12 +98,10 @@ struct PhiState {
     suspected_since: Option<u64>,
 }
 
-/// Per-connection liveness state: 112 bytes. Every time is a `u64` of nanoseconds since the
-/// connection's epoch (exact: `Instant` has nanosecond resolution), `NEVER` standing for `None`.
+/// Per-connection liveness state: 104 bytes. Every time is a `u64` of nanoseconds since the
+/// process anchor (exact: `Instant` has nanosecond resolution), `NEVER` standing for `None`.
 #[derive(Debug, Clone)]
 pub(crate) struct Liveness {
-    /// Nanoseconds from the process anchor to this connection's epoch (its creation).
-    epoch: u64,
     interval: u64,
     timeout: u64,
     /// Where the current silence starts: the last receive, moved later by the stall guard
@@ -127,12 +127,11 @@ pub(crate) struct Liveness {
 
 impl Liveness {
     pub(crate) fn new(now: Instant, cfg: &LivenessConfig) -> Liveness {
-        let a = anchor(now);
+        let created = nanos(now.saturating_duration_since(anchor(now)));
         let mut l = Liveness {
-            epoch: nanos(now.saturating_duration_since(a)),
             interval: nanos(cfg.interval),
             timeout: nanos(cfg.timeout),
-            start: 0,
+            start: created,
             last_ping: NEVER,
             probe_sent: NEVER,
             deadline: 0,
@@ -140,8 +139,8 @@ impl Liveness {
             phi: cfg.phi.map(|p| {
                 Box::new(PhiState {
                     detector: PhiDetector::new(p),
-                    last_recv: 0,
-                    prev_recv: 0,
+                    last_recv: created,
+                    prev_recv: created,
                     sampled: true,
                     suspected_since: None,
                 })
@@ -156,17 +155,16 @@ impl Liveness {
         l
     }
 
-    /// `now` as nanoseconds since this connection's epoch (0 if earlier).
+    /// `now` as nanoseconds since the process anchor.
     pub(crate) fn ns(&self, now: Instant) -> u64 {
-        let a = anchor(now);
-        nanos(now.saturating_duration_since(a)).saturating_sub(self.epoch)
+        nanos(now.saturating_duration_since(anchor(now)))
     }
 
-    /// The instant `ns` nanoseconds after this connection's epoch.
+    /// The instant `ns` nanoseconds after the process anchor.
     pub(crate) fn instant(&self, ns: u64) -> Instant {
         // `new` set the anchor, so the clock is never read here.
         let a = *ANCHOR.get_or_init(Instant::now);
-        a + Duration::from_nanos(self.epoch.saturating_add(ns))
+        a + Duration::from_nanos(ns)
     }
 
     pub(crate) fn interval(&self) -> Duration {
@@ -219,7 +217,7 @@ impl Liveness {
         self.next_nonce
     }
 
-    /// A ping is about to be sent: returns (nonce, timestamp µs since the epoch).
+    /// A ping is about to be sent: returns (nonce, timestamp µs since the anchor).
     pub(crate) fn make_ping(&mut self, now: u64) -> (u32, u64) {
         let nonce = self.next_nonce;
         self.next_nonce = self.next_nonce.wrapping_add(1);
@@ -259,7 +257,7 @@ impl Liveness {
         self.rtt.stats()
     }
 
-    /// The deadline this detector wants to be woken at (ns since the epoch).
+    /// The deadline this detector wants to be woken at (ns since the anchor).
     pub(crate) fn deadline_ns(&self) -> u64 {
         self.deadline
     }

@@ -1,5 +1,6 @@
 //! Memory per idle heartbeating connection on the server: heap bytes allocated after start-up (a
-//! counting allocator: the protocol core and what it keeps; the slab and wheel are reserved at
+//! counting allocator: the session route and whatever else a connection keeps on the heap; the
+//! slab, which holds each connection with its protocol core inline, and the wheel are reserved at
 //! start-up) and resident memory (VmRSS, which also counts the slab and wheel pages in use).
 #![allow(unsafe_code)]
 

@@ -6,7 +6,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::num::NonZeroU64;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use vitals_proto::{Connection, SessionId};
@@ -16,7 +17,7 @@ use crate::event::DisconnectReason;
 
 /// A server connection in an event loop's slab. Only what every connection needs is inline; state that
 /// exists only while writes are blocked or the connection is ending lives behind `Option<Box<…>>`, so an
-/// idle heartbeating connection is this struct plus its protocol core (size checked in a test).
+/// idle heartbeating connection is this struct, protocol core included (size checked in a test).
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) generation: u32,
@@ -26,15 +27,15 @@ pub(crate) struct Conn {
     pub(crate) writable: bool,
     /// Waiting for another loop to hand over a session being resumed.
     pub(crate) awaiting_resume: bool,
-    /// `session_id` holds the session (kept as two fields, not an `Option<SessionId>`, which would
-    /// cost 8 more bytes of padding per connection).
+    /// The application was told of the protocol core's session (`Connected`): from then on
+    /// [`session`](Self::session) is the core's session id (not stored twice).
     has_session: bool,
-    session_id: u64,
     pub(crate) proto: Connection,
     /// The wheel entry holding this connection's next deadline.
     pub(crate) timer: Option<Key>,
-    /// Max-age deadline, if configured.
-    pub(crate) expires: Option<Instant>,
+    /// Max-age deadline, if configured: nanoseconds since the server's origin (8 bytes, where an
+    /// `Option<Instant>` takes 16).
+    expires: Option<NonZeroU64>,
     /// Bytes the socket has not taken yet, and since when.
     pub(crate) backlog: Option<Box<Backlog>>,
     /// Why and how it is ending, once it is.
@@ -78,7 +79,6 @@ impl Conn {
         stream: TcpStream,
         proto: Connection,
         generation: u32,
-        expires: Option<Instant>,
         tls: Option<Box<rustls::ServerConnection>>,
     ) -> Self {
         Conn {
@@ -88,24 +88,42 @@ impl Conn {
             writable: false,
             awaiting_resume: false,
             has_session: false,
-            session_id: 0,
             proto,
             timer: None,
-            expires,
+            expires: None,
             backlog: None,
             ending: None,
             tls,
         }
     }
 
-    /// The session, once the handshake established (or resumed) one.
+    /// The session, once the handshake established (or resumed) one and the application was told.
     pub(crate) fn session(&self) -> Option<SessionId> {
-        self.has_session.then_some(SessionId(self.session_id))
+        if self.has_session {
+            self.proto.session_id()
+        } else {
+            None
+        }
     }
 
-    pub(crate) fn set_session(&mut self, session: SessionId) {
+    /// The application has been told of the core's session.
+    pub(crate) fn session_reported(&mut self) {
         self.has_session = true;
-        self.session_id = session.0;
+    }
+
+    /// The max-age deadline, given the server's `origin`.
+    pub(crate) fn expires(&self, origin: Instant) -> Option<Instant> {
+        self.expires
+            .map(|ns| origin + Duration::from_nanos(ns.get()))
+    }
+
+    /// Sets (or with `None` clears) the max-age deadline, given the server's `origin`.
+    pub(crate) fn set_expires(&mut self, origin: Instant, at: Option<Instant>) {
+        self.expires = at.map(|at| {
+            let ns =
+                u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX);
+            NonZeroU64::new(ns).unwrap_or(NonZeroU64::MIN)
+        });
     }
 
     /// The peer's address (asked of the socket: not worth storing in every connection).
@@ -159,10 +177,10 @@ impl Conn {
 
     /// The earliest instant this connection needs attention: protocol timer, max age, write stall,
     /// linger end.
-    pub(crate) fn next_deadline(&self, stall_limit: std::time::Duration) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self, stall_limit: Duration, origin: Instant) -> Option<Instant> {
         [
             self.proto.poll_timeout(),
-            self.expires,
+            self.expires(origin),
             self.backlog.as_ref().map(|b| b.since + stall_limit),
             self.linger_until(),
         ]
@@ -221,16 +239,16 @@ mod tests {
 
     #[test]
     fn the_inline_connection_state_stays_small() {
-        // stream (fd), generation, flags, protocol core handle, session id, wheel key, max-age deadline,
-        // and three optional boxes (backlog, ending, TLS). Everything else lives in the protocol core.
-        // (mio's stream is 16 bytes in debug builds, 4 in release: 104 here is 88 in release.)
+        // stream (fd), generation, flags, the protocol core itself (192 bytes, inline), wheel key,
+        // max-age deadline, and three optional boxes (backlog, ending, TLS).
+        // (mio's stream is 16 bytes in debug builds, 4 in release: 264 here is 248 in release.)
         eprintln!(
             "Conn: {} bytes inline; with TLS + boxed rustls::ServerConnection: {} bytes",
             std::mem::size_of::<Conn>(),
             std::mem::size_of::<rustls::ServerConnection>()
         );
         assert!(
-            std::mem::size_of::<Conn>() <= 104,
+            std::mem::size_of::<Conn>() <= 264,
             "{}",
             std::mem::size_of::<Conn>()
         );

@@ -3,8 +3,9 @@
 //! its own SO_REUSEPORT listener.
 //!
 //! Per iteration: wait for readiness or the wheel's next deadline; accept; read each ready socket into
-//! the scratch buffer and feed its protocol core; run expired deadlines; then for every touched
-//! connection: hand its events to the application, write what it has to send, re-arm its deadline.
+//! the scratch buffer, feed its protocol core and service it at once (hand its events to the
+//! application, write what it has to send, re-arm its deadline); then run expired deadlines and
+//! service every connection they, accepts or commands touched.
 //! A heartbeat costs one `epoll_wait` share, one `read`, one `write`; a reset of a deadline to later only
 //! stores it (the wheel re-files lazily).
 //!
@@ -78,7 +79,8 @@ pub(crate) struct Loop {
     timerfd: Option<rustix::fd::OwnedFd>,
     /// When loop 0 next drops expired parked sessions.
     next_purge: Instant,
-    /// Connections touched in this iteration, serviced once at its end.
+    /// Connections touched by accepts, commands and deadlines in this iteration, serviced once at
+    /// its end.
     touched: Vec<usize>,
 }
 
@@ -181,7 +183,11 @@ impl Loop {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read(idx, now, event.is_read_closed());
                         }
-                        self.touched.push(idx);
+                        // Serviced at once, while its state is in cache: what the input made (a
+                        // PONG, a handshake's transient buffers) is written and freed before the
+                        // next connection's input makes more, so a burst of handshakes reuses one
+                        // connection's worth of scratch memory instead of holding a batch's.
+                        self.service(idx, now);
                     }
                 }
             }
@@ -308,7 +314,9 @@ impl Loop {
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        entry.insert(Conn::new(stream, proto, generation, expires, tls));
+        let mut conn = Conn::new(stream, proto, generation, tls);
+        conn.set_expires(self.shared.origin, expires);
+        entry.insert(conn);
         metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
         metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
         if cfg.codec == Codec::Json {
@@ -413,8 +421,8 @@ impl Loop {
                 .is_some_and(|b| now >= b.since + self.stall_limit);
             if lingered_out || write_stalled {
                 conn.break_with(DisconnectReason::WriteStall);
-            } else if conn.expires.is_some_and(|t| now >= t) {
-                conn.expires = None;
+            } else if conn.expires(self.shared.origin).is_some_and(|t| now >= t) {
+                conn.set_expires(self.shared.origin, None);
                 conn.proto
                     .close(CloseCode::MaxAge, "maximum connection age");
             } else {
@@ -505,7 +513,7 @@ impl Loop {
                 Event::Connected {
                     session, resumed, ..
                 } => {
-                    conn.set_session(session);
+                    conn.session_reported();
                     let mut sessions = self.shared.sessions();
                     sessions.routes.insert(session, id);
                     sessions.parked.remove(&session);
@@ -660,7 +668,7 @@ impl Loop {
         if !conn.proto.is_closed()
             && let Some(session) = conn.proto.session_id()
         {
-            conn.set_session(session);
+            conn.session_reported();
             let generation = conn.generation;
             sessions.routes.insert(session, self.id(idx, generation));
             sessions.parked.remove(&session);
@@ -773,7 +781,7 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
-        let want = conn.next_deadline(self.stall_limit);
+        let want = conn.next_deadline(self.stall_limit, self.shared.origin);
         match (conn.timer, want) {
             (Some(key), Some(at)) => {
                 let tick = self.wheel.tick_ceil(at);
@@ -806,6 +814,8 @@ impl Loop {
         }
         let mut conn = self.conns.remove(idx);
         let id = self.id(idx, conn.generation);
+        // The session the application knows of (read before the core gives its session up).
+        let reported = conn.session();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if let Some(key) = conn.timer.take() {
             let _ = self.wheel.cancel(key);
@@ -842,12 +852,12 @@ impl Loop {
         self.shared.open.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
         m::disconnect(&reason);
-        tracing::debug!(peer = %conn.peer(), session = ?conn.session(), reason = reason.label(), "connection closed");
+        tracing::debug!(peer = %conn.peer(), session = ?reported, reason = reason.label(), "connection closed");
         // `Connected` was reported at accept (JSON) or when the session was established (binary).
-        let connected = self.shared.cfg.codec == Codec::Json || conn.session().is_some();
+        let connected = self.shared.cfg.codec == Codec::Json || reported.is_some();
         let _ = self.events.send(ServerEvent::Closed {
             conn: id,
-            session: conn.session(),
+            session: reported,
             connected,
             reason,
         });

@@ -89,6 +89,7 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             cfg,
+            origin: std::time::Instant::now(),
             open: AtomicUsize::new(0),
             sessions: Mutex::new(Sessions {
                 store,

@@ -66,6 +66,8 @@ pub(crate) struct Sessions {
 /// Shared by all loops of one server and its handles.
 pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
+    /// When the server started: connections keep instants as nanoseconds since it (8 bytes each).
+    pub(crate) origin: Instant,
     pub(crate) open: AtomicUsize,
     pub(crate) sessions: Mutex<Sessions>,
     pub(crate) remotes: Vec<Remote>,
