@@ -28,7 +28,7 @@ use vitals_proto::{CloseCode, Connection, Event, ResumeToken, Role, SessionId, S
 use vitals_timer::{Jitter, Wheel};
 
 use super::conn::{Backlog, Conn, read_into, write_some};
-use super::shared::{Command, Sessions, Shared};
+use super::shared::{Command, Shared, generation_stride};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
 use crate::metrics as m;
@@ -70,6 +70,8 @@ pub(crate) struct Loop {
     scratch: Vec<u8>,
     out: Vec<u8>,
     next_generation: u32,
+    /// See [`generation_stride`].
+    generation_stride: u32,
     jitter: Jitter,
     socket_options: SocketOptions,
     stall_limit: Duration,
@@ -134,7 +136,8 @@ impl Loop {
             events,
             scratch: vec![0; SCRATCH],
             out: Vec::with_capacity(OUT_BATCH),
-            next_generation: 0,
+            next_generation: u32::from(shard),
+            generation_stride: generation_stride(shared.cfg.loops.clamp(1, usize::from(u16::MAX))),
             jitter: Jitter::seeded(),
             socket_options: SocketOptions::for_timeout(timeout),
             stall_limit: timeout,
@@ -253,7 +256,8 @@ impl Loop {
     }
 
     fn admit(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr, now: Instant) {
-        let cfg = &self.shared.cfg;
+        let shared = Arc::clone(&self.shared);
+        let cfg = &shared.cfg;
         if self.draining.is_some() {
             return;
         }
@@ -301,8 +305,7 @@ impl Loop {
             let low = age.mul_f64(0.9);
             now + low + self.jitter.sample(age.mul_f64(0.2))
         });
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation();
         let entry = self.conns.vacant_entry();
         let idx = entry.key();
         if let Err(e) = self
@@ -329,6 +332,14 @@ impl Loop {
             });
         }
         self.touched.push(idx);
+    }
+
+    /// A generation for a new slot occupant: this loop's generations are ≡ its shard modulo the
+    /// stride, so a generation names its loop (routes store no shard).
+    fn next_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(self.generation_stride);
+        generation
     }
 
     fn id(&self, index: usize, generation: u32) -> ConnId {
@@ -515,7 +526,7 @@ impl Loop {
                 } => {
                     conn.session_reported();
                     let mut sessions = self.shared.sessions();
-                    sessions.routes.insert(session, id);
+                    sessions.set_route(session, id);
                     sessions.parked.remove(&session);
                     drop(sessions);
                     if resumed {
@@ -576,7 +587,7 @@ impl Loop {
     /// older connection (the client noticed the break first), that connection is evicted and its session
     /// stored before the resume is resolved.
     fn resume(&mut self, idx: usize, id: ConnId, session: SessionId, now: Instant) {
-        let holder = self.shared.sessions().routes.get(&session).copied();
+        let holder = self.shared.sessions().route(session);
         match holder {
             Some(home) if home.shard != self.shard => {
                 // The session's home is another loop: hand this connection over, so that the resume
@@ -628,8 +639,7 @@ impl Loop {
 
     /// Takes over a connection handed to this loop (the session's home) and resolves its resume here.
     fn adopt(&mut self, mut conn: Conn, session: SessionId, now: Instant) {
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation();
         conn.generation = generation;
         let entry = self.conns.vacant_entry();
         let idx = entry.key();
@@ -670,7 +680,7 @@ impl Loop {
         {
             conn.session_reported();
             let generation = conn.generation;
-            sessions.routes.insert(session, self.id(idx, generation));
+            sessions.set_route(session, self.id(idx, generation));
             sessions.parked.remove(&session);
         }
         drop(sessions);
@@ -835,16 +845,16 @@ impl Loop {
         if let Some(session) = conn.proto.take_session(now) {
             let sid = session.id();
             let mut sessions = self.shared.sessions();
-            let owner = sessions.routes.get(&sid).copied();
+            let owner = sessions.route(sid);
             if owner.is_none_or(|o| o == id) {
                 if final_close {
-                    sessions.routes.remove(&sid);
+                    sessions.remove_route(sid);
                     sessions.parked.remove(&sid);
                 } else {
                     // Parked: the route stays on this connection, so that sends for the session keep
                     // coming to this loop (its home) and go into the parked session in order.
                     sessions.store.put(session);
-                    sessions.routes.insert(sid, id);
+                    sessions.set_route(sid, id);
                     sessions.parked.insert(sid);
                 }
             }
@@ -956,7 +966,7 @@ impl Loop {
         let mut reason = "connection closed";
         if let Some(sid) = session {
             let mut sessions = self.shared.sessions();
-            let route = sessions.routes.get(&sid).copied().filter(|r| *r != conn);
+            let route = sessions.route(sid).filter(|r| *r != conn);
             if let Some(to) = route
                 && let Some(idx) = self.index_of(to)
             {
@@ -1021,18 +1031,7 @@ impl Loop {
             .store
             .purge_expired(now.checked_sub(EXPIRED_GRACE).unwrap_or(now));
         if purged > 0 {
-            let Sessions {
-                store,
-                routes,
-                parked,
-            } = &mut *sessions;
-            parked.retain(|sid| {
-                let keep = store.contains(*sid);
-                if !keep {
-                    routes.remove(sid);
-                }
-                keep
-            });
+            sessions.forget_purged();
         }
         let left = sessions.store.len();
         drop(sessions);

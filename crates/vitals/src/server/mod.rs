@@ -16,7 +16,6 @@ pub(crate) mod conn;
 pub(crate) mod engine;
 pub(crate) mod shared;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,11 +90,7 @@ impl Server {
             cfg,
             origin: std::time::Instant::now(),
             open: AtomicUsize::new(0),
-            sessions: Mutex::new(Sessions {
-                store,
-                routes: HashMap::new(),
-                parked: std::collections::HashSet::new(),
-            }),
+            sessions: Mutex::new(Sessions::new(store, loops)),
             remotes,
         });
         let mut threads = Vec::with_capacity(loops);
@@ -195,7 +190,7 @@ impl ServerHandle {
     /// be queued later comes back as [`ServerEvent::SendRefused`].
     pub fn send_to_session(&self, session: SessionId, payload: Vec<u8>) -> Result<(), Error> {
         let mut sessions = self.shared.sessions();
-        if let Some(&conn) = sessions.routes.get(&session) {
+        if let Some(conn) = sessions.route(session) {
             drop(sessions);
             let cmd = Command::Send {
                 conn,
