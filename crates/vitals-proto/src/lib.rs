@@ -7,7 +7,7 @@
 //! - [`decode`]: the incremental binary [`FrameDecoder`] and its [`Limits`];
 //! - [`json`]: the JSON heartbeat codec ([`JsonDecoder`], `{"ping":N}` / `{"pong":N}`);
 //! - `rtt`, `phi`, `liveness`: RTT estimation (RFC 6298), phi-accrual, and the detector that
-//!   keeps one lazily re-armed deadline per connection (rules in `docs/LIVENESS.md`);
+//!   keeps one deadline per connection (rules in `docs/LIVENESS.md`);
 //! - `policy`: the server's timing caps and the ping-strike rule;
 //! - `auth`: the optional pre-shared [`AuthToken`] a client presents in HELLO;
 //! - `session`, `store`: sequence numbers, replay buffer, resume tokens, and the

@@ -1,6 +1,7 @@
-//! Liveness detector: one lazily re-armed deadline decides when to ping, suspect or convict.
+//! Liveness detector: one deadline decides when to ping, suspect or convict.
 //!
-//! Receiving bytes only stores `last_recv = now` ([`Liveness::on_recv`]); no timer is touched.
+//! Receiving bytes stores `last_recv = now` and moves the deadline with it ([`Liveness::on_recv`];
+//! with phi-accrual the deadline is re-armed lazily, when it fires); no timer is touched.
 //! The connection reports [`Liveness::deadline`] as (part of) its single timeout; when it fires,
 //! [`Liveness::on_timeout`] looks at how long the peer has been silent and either pings,
 //! raises suspicion, convicts, or simply re-arms for the new silence window.
@@ -182,13 +183,19 @@ impl Liveness {
         self.deadline = self.compute_deadline();
     }
 
-    /// Bytes arrived: a sign of life. Only stores the time.
+    /// Bytes arrived: a sign of life. Without phi-accrual the deadline moves with it at once (a
+    /// few comparisons), so a timer fires only when a connection really falls silent; a runtime
+    /// whose timing wheel re-files later deadlines lazily then does no timer work per heartbeat.
+    /// With phi-accrual only the times are stored, and the deadline (whose phi part costs more to
+    /// compute) is re-armed when it fires.
     pub(crate) fn on_recv(&mut self, now: u64) {
         self.start = now;
         if let Some(p) = self.phi.as_deref_mut() {
             p.prev_recv = p.last_recv;
             p.last_recv = now;
             p.sampled = false;
+        } else {
+            self.deadline = self.compute_deadline();
         }
     }
 
@@ -401,16 +408,34 @@ mod tests {
     }
 
     #[test]
-    fn receiving_only_moves_last_recv_and_deadline_is_rearmed_lazily() {
+    fn receiving_moves_the_deadline_at_once() {
         let t0 = Instant::now();
         let mut l = Liveness::new(t0, &cfg());
         assert_eq!(l.deadline(), t0 + Duration::from_secs(1));
         l.on_recv(l.ns(t0 + Duration::from_millis(700)));
-        // Unchanged until the timer fires.
-        assert_eq!(l.deadline(), t0 + Duration::from_secs(1));
-        let v = l.on_timeout(l.ns(t0 + Duration::from_secs(1)), cfg().stall_tolerance);
-        assert!(!v.ping && v.dead.is_none());
         assert_eq!(l.deadline(), t0 + Duration::from_millis(1700));
+        // A timer that fires early anyway (a runtime's stale entry) changes nothing.
+        let v = l.on_timeout(l.ns(t0 + Duration::from_secs(1)), cfg().stall_tolerance);
+        assert!(!v.ping && v.dead.is_none() && !v.stalled);
+        assert_eq!(l.deadline(), t0 + Duration::from_millis(1700));
+    }
+
+    #[test]
+    fn with_phi_receiving_only_stores_the_time_and_the_deadline_is_rearmed_lazily() {
+        let t0 = Instant::now();
+        let cfg = LivenessConfig {
+            phi: Some(crate::phi::PhiConfig::default()),
+            ..cfg()
+        };
+        let mut l = Liveness::new(t0, &cfg);
+        let first = l.deadline();
+        assert!(first <= t0 + Duration::from_secs(1));
+        l.on_recv(l.ns(t0 + Duration::from_millis(700)));
+        // Unchanged until the timer fires.
+        assert_eq!(l.deadline(), first);
+        let v = l.on_timeout(l.ns(first), cfg.stall_tolerance);
+        assert!(!v.ping && v.dead.is_none());
+        assert!(l.deadline() > first);
     }
 
     #[test]
