@@ -5,11 +5,14 @@
 #   bench/compare-mosquitto.sh                 # N = 1000 10000 19000, 30 s each (about 5 minutes)
 #   NS="1000 5000" DURATION=10 bench/compare-mosquitto.sh
 #   NS=19000 PAUSE=65 bench/compare-mosquitto.sh   # wait out TIME_WAIT between runs near the port limit
+#   LOOPS=2 bench/compare-mosquitto.sh             # vitals with two event loops (default: one)
 #
 # mosquitto (Debian package, installed here where missing) is driven by bench/mqtt_load.py (standard
 # library only: CONNECT, then PINGREQ every INTERVAL, PINGRESP counted); vitals by `vitals bench`.
 # Both announce a 10 s keep-alive / timeout and ping every second. vitals runs twice: with default
 # two-sided liveness, and with --client-driven (the server only answers, like an MQTT broker).
+# vitals runs LOOPS event loops (default 1: one event-loop thread, as mosquitto has; on a 2-core box
+# the load generator needs the other core).
 # Output: a table with the ratios vitals/mosquitto, bench/results/compare.json and compare.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,7 @@ INTERVAL="${INTERVAL:-1}"
 # Seconds to wait between runs: closed client sockets sit in TIME_WAIT for 60 s, and at 19,000
 # connections the next run would not find enough ephemeral ports (127.0.0.1-3 share one range).
 PAUSE="${PAUSE:-0}"
+LOOPS="${LOOPS:-1}"
 OUT=bench/results
 mkdir -p "$OUT"
 
@@ -51,11 +55,11 @@ run_vitals() { # N label extra-serve-flags...
   local n=$1 label=$2; shift 2
   local port; port=$(free_port)
   "$VITALS" serve --listen "127.0.0.1:$port" --interval "${INTERVAL}s" --timeout 10s \
-    --max-connections 30000 "$@" >"$tmp/serve.log" 2>&1 & local pid=$!; pids+=("$pid")
+    --max-connections 30000 --loops "$LOOPS" "$@" >"$tmp/serve.log" 2>&1 & local pid=$!; pids+=("$pid")
   for _ in $(seq 50); do grep -q "listening on" "$tmp/serve.log" && break; sleep 0.1; done
   "$VITALS" bench --server "127.0.0.1:$port" -n "$n" --duration "${DURATION}s" --interval "${INTERVAL}s" \
     --timeout 10s --server-pid "$pid" --json 2>/dev/null \
-    | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'server':'$label','connections':r['connections'],'lost_connections':r['lost'],'heartbeats':r['heartbeats'],'heartbeats_per_s':round(r['heartbeats_per_s'],1),'rss_per_conn_bytes':r['server_rss_per_connection_bytes'],'cpu_per_heartbeat_us':r['server_cpu_per_heartbeat_us'],'server_cpu_s':r['server_cpu_seconds'],'rtt_p99_us':r['rtt_us']['p99']}))" || true
+    | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'server':'$label','loops':$LOOPS,'connections':r['connections'],'lost_connections':r['lost'],'heartbeats':r['heartbeats'],'heartbeats_per_s':round(r['heartbeats_per_s'],1),'rss_per_conn_bytes':r['server_rss_per_connection_bytes'],'cpu_per_heartbeat_us':r['server_cpu_per_heartbeat_us'],'server_cpu_s':r['server_cpu_seconds'],'rtt_p99_us':r['rtt_us']['p99']}))" || true
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
 }
 
