@@ -1,9 +1,12 @@
 //! The binary-protocol connection: handshake, liveness, sessions, chunked DATA, lazy acks.
 
 use crate::connection::{Config, Event, Role, SendError};
+use bytes::Bytes;
 use crate::decode::parse;
 use crate::error::{DecodeError, SessionError};
-use crate::frame::{self, CloseCode, Frame, FrameType, HEADER_LEN, Hello, VERSION, Welcome};
+use crate::frame::{
+    self, CloseCode, DATA_HEAD_LEN, Frame, FrameType, HEADER_LEN, Hello, VERSION, Welcome,
+};
 use crate::liveness::Liveness;
 use crate::policy::{PingVerdict, backoff_timing};
 use crate::rtt::RttStats;
@@ -59,6 +62,8 @@ struct Cold {
     spill: Vec<u8>,
     /// The undecoded prefix of a frame split across reads.
     tail: Vec<u8>,
+    /// A DATA frame whose chunk is arriving straight into its delivery buffer.
+    rx: Option<RxData>,
     /// Chunks of a DATA message received so far.
     reasm: Vec<u8>,
     /// When a held-back ACK must go out (ns since the epoch).
@@ -77,11 +82,79 @@ impl Cold {
         self.events.is_empty()
             && self.spill.is_empty()
             && self.tail.is_empty()
+            && self.rx.is_none()
             && self.reasm.is_empty()
             && self.ack_due.is_none()
             && self.resume.is_none()
             && self.tx.is_none()
             && self.own_session_cfg.is_none()
+    }
+}
+
+/// A DATA frame whose head has arrived and whose chunk is still arriving: the chunk goes straight
+/// into `payload`, allocated once with the chunk's exact length, which becomes the frame's (and,
+/// for a message sent in one chunk, the delivered message's) buffer.
+#[derive(Debug)]
+struct RxData {
+    seq: u64,
+    ack: u64,
+    fin: bool,
+    /// Capacity: the chunk's length.
+    payload: Vec<u8>,
+    /// The chunk's length.
+    len: usize,
+}
+
+impl RxData {
+    /// Starts receiving the DATA frame at the front of `buf` (which holds less than all of it)
+    /// if its head is complete and the whole frame fits in `max_buffered`; the bytes of the chunk
+    /// in `buf` are taken. `parse` has already checked the header against the limits.
+    fn start(buf: &[u8], max_buffered: usize) -> Option<RxData> {
+        let head = buf.get(..DATA_HEAD_LEN)?;
+        if head[0] != FrameType::Data as u8 {
+            return None;
+        }
+        let frame_len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if HEADER_LEN + frame_len > max_buffered {
+            return None;
+        }
+        let len = frame_len.checked_sub(frame::DATA_PREFIX_LEN)?;
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&head[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        let mut rx = RxData {
+            seq: u64_at(HEADER_LEN),
+            ack: u64_at(HEADER_LEN + 8),
+            fin: head[DATA_HEAD_LEN - 1] & frame::DATA_FIN != 0,
+            payload: Vec::with_capacity(len),
+            len,
+        };
+        let rest = rx.fill(buf.get(DATA_HEAD_LEN..).unwrap_or(&[]));
+        debug_assert!(rest.is_empty() && !rx.is_complete());
+        Some(rx)
+    }
+
+    /// Takes what `data` holds of the chunk; returns the rest.
+    fn fill<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let take = self.len.saturating_sub(self.payload.len()).min(data.len());
+        let (head, rest) = data.split_at(take);
+        self.payload.extend_from_slice(head);
+        rest
+    }
+
+    fn is_complete(&self) -> bool {
+        self.payload.len() >= self.len
+    }
+
+    fn into_frame(self) -> Frame {
+        Frame::Data {
+            seq: self.seq,
+            ack: self.ack,
+            fin: self.fin,
+            payload: self.payload,
+        }
     }
 }
 
@@ -354,19 +427,29 @@ impl Binary {
     /// complete yet. The outcome is that of a decoder holding at most `max_buffered` bytes
     /// (see `FrameDecoder`): a frame is decoded when it fits in `max_buffered`, and the
     /// connection fails with `BufferFull` once more than that of a frame's bytes are at hand.
+    ///
+    /// A DATA frame that does not arrive whole is not gathered in `tail`: once its head (header,
+    /// seq, ack, flags) is here, its chunk is copied straight into the buffer it is delivered in,
+    /// allocated once with the chunk's exact length (see [`RxData`]).
     fn decode(&mut self, now: u64, mut data: &[u8]) {
         let limits = self.cfg().limits;
         let max = limits.max_buffered;
-        // First complete a frame begun in an earlier input.
+        // First complete a frame begun in an earlier input (its head in `tail`).
         if let Some(c) = self.cold.as_deref_mut()
             && !c.tail.is_empty()
         {
             let frame = loop {
                 let tail = &mut c.tail;
-                let want = match tail.get(1..HEADER_LEN) {
-                    Some(len) => {
-                        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-                        (HEADER_LEN + len as usize).saturating_sub(tail.len())
+                let want = match tail.get(..HEADER_LEN) {
+                    Some(h) => {
+                        let total = HEADER_LEN + u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                        // A DATA frame that fits is gathered here only up to its head.
+                        let upto = if h[0] == FrameType::Data as u8 && total <= max {
+                            total.min(DATA_HEAD_LEN)
+                        } else {
+                            total
+                        };
+                        upto.saturating_sub(tail.len())
                     }
                     None => HEADER_LEN - tail.len(),
                 };
@@ -378,19 +461,44 @@ impl Binary {
                     Err(e) => return self.fail_decode(e),
                     Ok(Some((f, _))) => {
                         tail.clear();
-                        break f;
+                        break Some(f);
                     }
-                    Ok(None) if data.is_empty() => return,
-                    Ok(None) if tail.len() >= max => {
-                        let buffered = tail.len() + data.len();
-                        return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                    Ok(None) => {
+                        if let Some(rx) = RxData::start(tail, max) {
+                            tail.clear();
+                            c.rx = Some(rx);
+                            break None;
+                        }
+                        if data.is_empty() {
+                            return;
+                        }
+                        if tail.len() >= max {
+                            let buffered = tail.len() + data.len();
+                            return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                        }
                     }
-                    Ok(None) => {}
                 }
             };
-            self.on_frame(now, frame);
-            if self.state == State::Closed {
+            if let Some(frame) = frame {
+                self.on_frame(now, frame);
+                if self.state == State::Closed {
+                    return;
+                }
+            }
+        }
+        // Then the rest of a DATA chunk that is arriving straight into place.
+        if let Some(c) = self.cold.as_deref_mut()
+            && let Some(rx) = c.rx.as_mut()
+        {
+            data = rx.fill(data);
+            if !rx.is_complete() {
                 return;
+            }
+            if let Some(rx) = c.rx.take() {
+                self.on_frame(now, rx.into_frame());
+                if self.state == State::Closed {
+                    return;
+                }
             }
         }
         while !data.is_empty() {
@@ -404,17 +512,45 @@ impl Binary {
                         return;
                     }
                 }
-                Ok(None) if data.len() > max => {
-                    // The frame does not fit in the buffer and more than that is at hand.
-                    let buffered = data.len();
-                    return self.fail_decode(DecodeError::BufferFull { buffered, max });
-                }
                 Ok(None) => {
+                    if let Some(rx) = RxData::start(data, max) {
+                        // `data` holds less than the whole frame: all of it went into `rx`.
+                        self.cold_mut().rx = Some(rx);
+                        return;
+                    }
+                    if data.len() > max {
+                        // The frame does not fit in the buffer and more than that is at hand.
+                        let buffered = data.len();
+                        return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                    }
                     self.cold_mut().tail.extend_from_slice(data);
                     return;
                 }
             }
         }
+    }
+
+    /// While a DATA chunk is arriving straight into place: the room left in its buffer (the
+    /// bytes of the chunk still missing). A runtime may read the socket directly into this room
+    /// and report what it read with [`commit_input`](Self::commit_input), instead of reading
+    /// into a buffer of its own and calling `handle_input` (one copy less).
+    pub(crate) fn input_room(&mut self) -> Option<&mut Vec<u8>> {
+        if self.state == State::Closed {
+            return None;
+        }
+        self.cold.as_deref_mut()?.rx.as_mut().map(|rx| &mut rx.payload)
+    }
+
+    /// Bytes were appended to the buffer from [`input_room`](Self::input_room): account for
+    /// them as input (a sign of life) and deliver the frame if it is complete.
+    pub(crate) fn commit_input(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let now = self.live.ns(now);
+        self.live.on_recv(now);
+        self.decode(now, &[]);
+        self.tidy();
     }
 
     fn unexpected(&mut self, ty: FrameType) {
@@ -855,7 +991,7 @@ impl Binary {
         }
     }
 
-    pub(crate) fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {
+    pub(crate) fn send(&mut self, now: Instant, payload: Bytes) -> Result<Seq, SendError> {
         if !self.has(CONFIRMED) || !self.has(HAS_SESSION) {
             return Err(SendError::NoSession);
         }
@@ -869,34 +1005,41 @@ impl Binary {
 
     pub(crate) fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
         let before = out.len();
+        if let Some(chunk) = self.poll_transmit_parts(out) {
+            out.extend_from_slice(&chunk);
+        }
+        out.len() - before
+    }
+
+    /// Control frames, then at most one DATA chunk: its head goes into `out` and its bytes are
+    /// returned (a shared slice of the replay buffer), to follow `out` on the wire.
+    pub(crate) fn poll_transmit_parts(&mut self, out: &mut Vec<u8>) -> Option<Bytes> {
         self.take_inline_ctl(out);
         if let Some(c) = self.cold.as_deref_mut() {
             out.extend_from_slice(&c.spill);
             c.spill.clear();
         }
-        self.transmit_data(out);
+        let chunk = self.transmit_data(out);
         self.tidy();
-        out.len() - before
+        chunk
     }
 
-    fn transmit_data(&mut self, out: &mut Vec<u8>) {
+    /// Appends the next DATA chunk's head to `out` and returns the chunk.
+    fn transmit_data(&mut self, out: &mut Vec<u8>) -> Option<Bytes> {
         if self.state != State::Open || !self.has(HAS_SESSION) {
-            return;
+            return None;
         }
         let (tx_seq, tx_off) = self.tx();
         let chunk_size = self.cfg().chunk_size.max(1);
         let s = &mut self.session;
-        if s.payload(tx_seq).is_none() {
-            return;
-        }
+        s.payload(tx_seq)?;
         let ack = s.ack_sending();
-        let Some(p) = s.payload(tx_seq) else {
-            return;
-        };
+        let p = s.payload(tx_seq)?;
+        let start = tx_off.min(p.len());
         let end = tx_off.saturating_add(chunk_size).min(p.len());
-        let chunk = p.get(tx_off..end).unwrap_or(&[]);
+        let chunk = p.slice(start..end);
         let fin = end >= p.len();
-        frame::encode_data(out, tx_seq, ack, fin, chunk);
+        frame::encode_data_head(out, tx_seq, ack, fin, chunk.len());
         if let Some(c) = self.cold.as_deref_mut() {
             c.ack_due = None;
         }
@@ -905,6 +1048,7 @@ impl Binary {
         } else {
             self.set_tx(tx_seq, end);
         }
+        Some(chunk)
     }
 
     pub(crate) fn take_session(&mut self, now: Instant) -> Option<Session> {

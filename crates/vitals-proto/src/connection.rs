@@ -7,7 +7,9 @@
 //! 2. when the instant from [`Connection::poll_timeout`] has passed, call
 //!    [`Connection::handle_timeout`];
 //! 3. drain [`Connection::poll_transmit`] until it returns 0 (or the socket would block) and
-//!    write those bytes; control frames come first in every call;
+//!    write those bytes; control frames come first in every call (or drain
+//!    [`Connection::poll_transmit_parts`], which hands DATA bytes out uncopied for a vectored
+//!    write);
 //! 4. drain [`Connection::poll_event`];
 //! 5. re-read [`Connection::poll_timeout`] and arm the timer.
 //!
@@ -15,6 +17,7 @@
 //! [`Connection::resolve_resume`] with its [`SessionStore`].
 
 use crate::auth::AuthToken;
+use bytes::Bytes;
 use crate::binary::Binary;
 use crate::decode::Limits;
 use crate::error::Backpressure;
@@ -328,10 +331,15 @@ impl Connection {
     }
 
     /// Queue an application message. Binary mode: kept for replay until acknowledged.
-    pub fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {
+    ///
+    /// Takes a `Vec<u8>` or a [`Bytes`] without copying it; with [`Bytes`] one buffer can be sent
+    /// many times (each send shares it), and a runtime using
+    /// [`poll_transmit_parts`](Self::poll_transmit_parts) writes it to the socket from where it is.
+    pub fn send(&mut self, now: Instant, payload: impl Into<Bytes>) -> Result<Seq, SendError> {
+        let payload = payload.into();
         match &mut self.inner {
             Inner::Binary(b) => b.send(now, payload),
-            Inner::Json(j) => j.send(payload),
+            Inner::Json(j) => j.send(Vec::from(payload)),
         }
     }
 
@@ -341,6 +349,21 @@ impl Connection {
         match &mut self.inner {
             Inner::Binary(b) => b.poll_transmit(out),
             Inner::Json(j) => j.poll_transmit(out),
+        }
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) for vectored writes: appends the same bytes, except
+    /// that a DATA chunk's message bytes are not copied into `out` but returned (a shared slice of
+    /// the replay buffer). On the wire they go right after what this call appended to `out`, and
+    /// before anything a later call appends. `out` unchanged and `None`: nothing to send now.
+    /// The JSON codec always appends everything to `out`.
+    pub fn poll_transmit_parts(&mut self, out: &mut Vec<u8>) -> Option<Bytes> {
+        match &mut self.inner {
+            Inner::Binary(b) => b.poll_transmit_parts(out),
+            Inner::Json(j) => {
+                j.poll_transmit(out);
+                None
+            }
         }
     }
 

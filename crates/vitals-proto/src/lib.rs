@@ -59,6 +59,7 @@ mod rtt;
 mod session;
 mod store;
 
+pub use bytes::Bytes;
 pub use auth::{AuthToken, AuthTokenError, MAX_AUTH_TOKEN_LEN};
 pub use connection::{Config, Connection, Event, JsonConfig, Role, SendError};
 pub use decode::{FrameDecoder, Limits};

@@ -6,6 +6,7 @@
 //! duplicate (a replay of something already delivered) and rejects a gap.
 
 use crate::connection::Config;
+use bytes::Bytes;
 use crate::error::{Backpressure, SessionError};
 use std::collections::VecDeque;
 use std::fmt;
@@ -115,7 +116,8 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone)]
 struct Outgoing {
     queued_at: Instant,
-    payload: Vec<u8>,
+    /// Shared, not copied, when a DATA chunk of it is handed out for a vectored write.
+    payload: Bytes,
 }
 
 /// What to do with a received DATA chunk.
@@ -251,7 +253,7 @@ impl Session {
     /// server answered "unknown session"; see docs/PROTOCOL.md for what that guarantees).
     pub fn into_unacked(self) -> Vec<Vec<u8>> {
         self.backlog
-            .map(|b| b.replay.into_iter().map(|o| o.payload).collect())
+            .map(|b| b.replay.into_iter().map(|o| Vec::from(o.payload)).collect())
             .unwrap_or_default()
     }
 
@@ -275,8 +277,10 @@ impl Session {
         self.room_for(len) == Room::Now
     }
 
-    /// Queue a message; it stays until acknowledged.
-    pub fn push(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, Backpressure> {
+    /// Queue a message; it stays until acknowledged. A `Vec<u8>` is taken without copying, and so
+    /// is a [`Bytes`] (which lets a caller send one buffer many times without copying it).
+    pub fn push(&mut self, now: Instant, payload: impl Into<Bytes>) -> Result<Seq, Backpressure> {
+        let payload = payload.into();
         let len = payload.len();
         let cfg = &self.cfg.session;
         let (messages, buffered) = (self.replay_len(), self.unacked_bytes());
@@ -331,10 +335,10 @@ impl Session {
     }
 
     /// Payload of message `seq` if it is still held.
-    pub(crate) fn payload(&self, seq: u64) -> Option<&[u8]> {
+    pub(crate) fn payload(&self, seq: u64) -> Option<&Bytes> {
         let idx = usize::try_from(seq.checked_sub(self.peer_acked())?).ok()?;
         let b = self.backlog.as_deref()?;
-        b.replay.get(idx).map(|o| o.payload.as_slice())
+        b.replay.get(idx).map(|o| &o.payload)
     }
 
     /// Classify a received DATA sequence number.
@@ -434,7 +438,7 @@ mod tests {
         assert_eq!(s.push(t, vec![]).unwrap_err().messages, 3);
         s.on_ack(2).unwrap();
         assert_eq!((s.unacked(), s.unacked_bytes()), (1, 0));
-        assert_eq!(s.payload(2), Some(&[][..]));
+        assert_eq!(s.payload(2).map(|p| &p[..]), Some(&[][..]));
         assert_eq!(s.payload(1), None);
         assert_eq!(s.on_ack(9), Err(SessionError::BadAck { acked: 9, sent: 3 }));
     }

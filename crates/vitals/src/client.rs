@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use vitals_proto::{
-    CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError, Session,
+    Bytes, CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError, Session,
 };
 
 use crate::backoff::Backoff;
@@ -38,6 +38,7 @@ use crate::config::{ClientConfig, Codec};
 use crate::error::Error;
 use crate::event::{ClientEvent, DisconnectReason};
 use crate::metrics as m;
+use crate::outbox::Outbox;
 use crate::socket::SocketOptions;
 use crate::tls::{Fed, feed, write_out};
 
@@ -54,7 +55,7 @@ type Reply = oneshot::Sender<Result<(), Error>>;
 
 #[derive(Debug)]
 enum Cmd {
-    Send { payload: Vec<u8>, done: Reply },
+    Send { payload: Bytes, done: Reply },
 }
 
 /// Control requests, on their own channel so that they are heard even while a send waits for room.
@@ -102,8 +103,11 @@ impl Client {
     /// Queues a message. Waits while the replay buffer is full (back-pressure) — also while
     /// disconnected, once the buffer is full. Errors: [`Error::Rejected`] for a message that can never
     /// fit or is not valid in the codec, [`Error::Shutdown`] after close.
-    pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
-        send_via(&self.cmds, payload).await
+    ///
+    /// Takes a `Vec<u8>` or a [`Bytes`](crate::Bytes) without copying it (a `Bytes` can be sent many
+    /// times, each send sharing the buffer); its bytes go to the socket from there.
+    pub async fn send(&self, payload: impl Into<Bytes>) -> Result<(), Error> {
+        send_via(&self.cmds, payload.into()).await
     }
 
     /// A cloneable sending handle, for sending from other tasks while this one reads events.
@@ -158,8 +162,8 @@ pub struct ClientSender {
 
 impl ClientSender {
     /// Same as [`Client::send`].
-    pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
-        send_via(&self.cmds, payload).await
+    pub async fn send(&self, payload: impl Into<Bytes>) -> Result<(), Error> {
+        send_via(&self.cmds, payload.into()).await
     }
 
     /// Same as [`Client::flush`].
@@ -179,7 +183,7 @@ async fn flush_via(ctl: &mpsc::UnboundedSender<Ctl>) -> Result<(), Error> {
     wait.await.map_err(|_| Error::Shutdown)
 }
 
-async fn send_via(cmds: &mpsc::Sender<Cmd>, payload: Vec<u8>) -> Result<(), Error> {
+async fn send_via(cmds: &mpsc::Sender<Cmd>, payload: Bytes) -> Result<(), Error> {
     let (done, wait) = oneshot::channel();
     cmds.send(Cmd::Send { payload, done })
         .await
@@ -218,7 +222,7 @@ struct Task {
     /// `flush` callers waiting for everything to be acknowledged.
     flushers: Vec<oneshot::Sender<()>>,
     /// A message waiting for room in the replay buffer.
-    blocked: Option<(Vec<u8>, Reply)>,
+    blocked: Option<(Bytes, Reply)>,
     /// Session kept between connections.
     session: Option<Session>,
     /// Messages to re-send in a fresh session after the old one was lost.
@@ -424,8 +428,8 @@ impl Task {
             stream,
             tls,
             buf: vec![0; READ_BUF_MIN],
+            outbox: Outbox::default(),
             out: Vec::new(),
-            out_off: 0,
         };
         let mut connected_at = None;
         let mut closing = false;
@@ -660,15 +664,17 @@ struct ConnIo {
     /// TLS between the socket and the core, when configured.
     tls: Option<Box<rustls::ClientConnection>>,
     buf: Vec<u8>,
+    /// Plaintext output waiting for the socket (DATA chunks uncopied, written with `writev`).
+    outbox: Outbox,
+    /// TLS: the core's output before encryption.
     out: Vec<u8>,
-    out_off: usize,
 }
 
 impl ConnIo {
     fn has_pending(&self) -> bool {
         match &self.tls {
             Some(tls) => tls.wants_write(),
-            None => self.out_off < self.out.len(),
+            None => !self.outbox.is_empty(),
         }
     }
 
@@ -678,23 +684,17 @@ impl ConnIo {
             return flush_tls(tls, &self.stream, proto, &mut self.out);
         }
         loop {
-            if !self.has_pending() {
-                self.out.clear();
-                self.out_off = 0;
-                while self.out.len() < OUT_BATCH && proto.poll_transmit(&mut self.out) > 0 {}
-                if self.out.is_empty() {
-                    return Ok(());
-                }
+            if self.outbox.is_empty() && self.outbox.fill(proto, OUT_BATCH) == 0 {
+                return Ok(());
             }
-            match self.stream.try_write(&self.out[self.out_off..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out_off += n;
-                    metrics::counter!(m::BYTES_OUT).increment(n as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let stream = &self.stream;
+            let n = self
+                .outbox
+                .write_with(|iov| stream.try_write_vectored(iov))?;
+            metrics::counter!(m::BYTES_OUT).increment(n as u64);
+            if !self.outbox.is_empty() {
+                // The socket is full.
+                return Ok(());
             }
         }
     }

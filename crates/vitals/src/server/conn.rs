@@ -13,6 +13,7 @@ use vitals_proto::{Connection, SessionId};
 use vitals_timer::Key;
 
 use crate::event::DisconnectReason;
+use crate::outbox::Outbox;
 
 /// A server connection in an event loop's slab. Only what every connection needs is inline; state that
 /// exists only while writes are blocked or the connection is ending lives behind `Option<Box<…>>`, so an
@@ -46,9 +47,9 @@ pub(crate) struct Conn {
 
 /// Output the socket refused.
 pub(crate) struct Backlog {
-    /// Plaintext connections: the refused bytes. TLS connections keep refused records inside rustls
-    /// (`wants_write()`), so this stays empty and only `since` matters.
-    pub(crate) bytes: Vec<u8>,
+    /// Plaintext connections: the refused output. TLS connections keep refused records inside
+    /// rustls (`wants_write()`), so this stays empty and only `since` matters.
+    pub(crate) out: Outbox,
     /// When the backlog appeared (a write stall is measured from here).
     pub(crate) since: Instant,
 }

@@ -13,7 +13,7 @@
 //! output is written into it and its records go to the socket. Refused records stay inside rustls, so a
 //! TLS connection's backlog is "rustls still wants to write", with the same stall rules.
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -23,7 +23,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tokio::sync::mpsc::UnboundedSender;
-use vitals_proto::{CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys};
+use vitals_proto::{Bytes, CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys};
 use vitals_timer::{Jitter, Wheel};
 
 use super::conn::{Backlog, Conn, read_into, write_some};
@@ -31,6 +31,7 @@ use super::shared::{Command, Sessions, Shared};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
 use crate::metrics as m;
+use crate::outbox::Outbox;
 use crate::socket::SocketOptions;
 use crate::tls::{Fed, feed, write_out};
 
@@ -67,6 +68,9 @@ pub(crate) struct Loop {
     shared: Arc<Shared>,
     events: UnboundedSender<ServerEvent>,
     scratch: Vec<u8>,
+    /// Plaintext output of the connection being flushed (DATA chunks are not copied into it).
+    outbox: Outbox,
+    /// TLS: the core's output before encryption.
     out: Vec<u8>,
     next_generation: u32,
     jitter: Jitter,
@@ -131,7 +135,8 @@ impl Loop {
             commands,
             events,
             scratch: vec![0; SCRATCH],
-            out: Vec::with_capacity(OUT_BATCH),
+            outbox: Outbox::default(),
+            out: Vec::new(),
             next_generation: 0,
             jitter: Jitter::seeded(),
             socket_options: SocketOptions::for_timeout(timeout),
@@ -708,27 +713,24 @@ impl Loop {
         } else {
             (|| -> io::Result<()> {
                 if let Some(backlog) = conn.backlog.as_mut() {
-                    let n = write_some(&mut conn.stream, &backlog.bytes)?;
-                    written += n;
-                    backlog.bytes.drain(..n);
-                    if !backlog.bytes.is_empty() {
+                    let stream = &mut conn.stream;
+                    written += backlog.out.write_with(|iov| stream.write_vectored(iov))?;
+                    if !backlog.out.is_empty() {
                         return Ok(());
                     }
                     conn.backlog = None;
                 }
                 loop {
-                    self.out.clear();
-                    while self.out.len() < OUT_BATCH && conn.proto.poll_transmit(&mut self.out) > 0
-                    {
-                    }
-                    if self.out.is_empty() {
+                    if self.outbox.fill(&mut conn.proto, OUT_BATCH) == 0 {
                         return Ok(());
                     }
-                    let n = write_some(&mut conn.stream, &self.out)?;
-                    written += n;
-                    if n < self.out.len() {
+                    let stream = &mut conn.stream;
+                    written += self.outbox.write_with(|iov| stream.write_vectored(iov))?;
+                    if !self.outbox.is_empty() {
+                        // The socket is full: the rest (DATA chunks still shared, not copied)
+                        // waits with the connection.
                         conn.backlog = Some(Box::new(Backlog {
-                            bytes: self.out[n..].to_vec(),
+                            out: std::mem::take(&mut self.outbox),
                             since: now,
                         }));
                         return Ok(());
@@ -737,6 +739,8 @@ impl Loop {
             })()
             .map_err(|e| DisconnectReason::from_io(&e))
         };
+        // After an error, what was gathered for this connection must not go to the next one.
+        self.outbox.clear();
         metrics::counter!(m::BYTES_OUT).increment(written as u64);
         if let Err(reason) = result {
             conn.break_with(reason);
@@ -745,7 +749,7 @@ impl Loop {
         if conn
             .backlog
             .as_ref()
-            .is_some_and(|b| b.bytes.len() > max_buffer)
+            .is_some_and(|b| b.out.len() > max_buffer)
         {
             conn.break_with(DisconnectReason::WriteStall);
             return;
@@ -905,7 +909,7 @@ impl Loop {
     }
 
     /// Queues `payload` on live connection `idx`, or hands it back as `SendRefused`.
-    fn queue_message(&mut self, idx: usize, conn: ConnId, payload: Vec<u8>, now: Instant) {
+    fn queue_message(&mut self, idx: usize, conn: ConnId, payload: Bytes, now: Instant) {
         let binary = self.shared.cfg.codec == Codec::Binary;
         let c = &mut self.conns[idx];
         let reason = match c.proto.room_for(payload.len()) {
@@ -926,7 +930,8 @@ impl Loop {
         };
         let _ = self.events.send(ServerEvent::SendRefused {
             conn,
-            payload,
+            // No copy unless the caller still shares the buffer.
+            payload: Vec::from(payload),
             reason,
         });
         self.touched.push(idx);
@@ -939,7 +944,7 @@ impl Loop {
         &mut self,
         conn: ConnId,
         session: Option<SessionId>,
-        payload: Vec<u8>,
+        payload: Bytes,
         now: Instant,
     ) {
         let mut payload = Some(payload);
@@ -983,7 +988,7 @@ impl Loop {
         if let Some(payload) = payload {
             let _ = self.events.send(ServerEvent::SendRefused {
                 conn,
-                payload,
+                payload: Vec::from(payload),
                 reason,
             });
         }
@@ -1072,7 +1077,7 @@ fn flush_tls(
             }
             backlog.get_or_insert_with(|| {
                 Box::new(Backlog {
-                    bytes: Vec::new(),
+                    out: Outbox::default(),
                     since: now,
                 })
             });
