@@ -1,7 +1,6 @@
 //! The binary-protocol connection: handshake, liveness, sessions, chunked DATA, lazy acks.
 
 use crate::connection::{Config, Event, Role, SendError};
-use bytes::Bytes;
 use crate::decode::parse;
 use crate::error::{DecodeError, SessionError};
 use crate::frame::{
@@ -12,6 +11,7 @@ use crate::policy::{PingVerdict, backoff_timing};
 use crate::rtt::RttStats;
 use crate::session::{ResumeToken, Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
+use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +68,8 @@ struct Cold {
     reasm: Vec<u8>,
     /// When a held-back ACK must go out (ns since the epoch).
     ack_due: Option<u64>,
+    /// Bytes of the received messages not yet acknowledged.
+    ack_owed_bytes: usize,
     /// Server: a resume asked for (id, token, client's receive point), until resolved.
     resume: Option<(SessionId, ResumeToken, u64)>,
     /// (next seq to transmit, offset in it) unless that is (send_next, 0).
@@ -85,10 +87,33 @@ impl Cold {
             && self.rx.is_none()
             && self.reasm.is_empty()
             && self.ack_due.is_none()
+            && self.ack_owed_bytes == 0
             && self.resume.is_none()
             && self.tx.is_none()
             && self.own_session_cfg.is_none()
     }
+}
+
+/// DATA chunks at least this long are delivered as shared slices of the runtime's input buffer
+/// (`handle_input_buf`); shorter ones are copied, so that a small message kept by the application
+/// does not keep a whole input buffer alive.
+pub(crate) const SHARE_MIN: usize = 4096;
+
+/// (seq, ack, fin) from the first [`DATA_HEAD_LEN`] bytes of a DATA frame.
+fn data_head(head: &[u8]) -> (u64, u64, bool) {
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        if let Some(src) = head.get(at..at + 8) {
+            b.copy_from_slice(src);
+        }
+        u64::from_be_bytes(b)
+    };
+    let flags = head.get(DATA_HEAD_LEN - 1).copied().unwrap_or(0);
+    (
+        u64_at(HEADER_LEN),
+        u64_at(HEADER_LEN + 8),
+        flags & frame::DATA_FIN != 0,
+    )
 }
 
 /// A DATA frame whose head has arrived and whose chunk is still arriving: the chunk goes straight
@@ -119,15 +144,11 @@ impl RxData {
             return None;
         }
         let len = frame_len.checked_sub(frame::DATA_PREFIX_LEN)?;
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&head[at..at + 8]);
-            u64::from_be_bytes(b)
-        };
+        let (seq, ack, fin) = data_head(head);
         let mut rx = RxData {
-            seq: u64_at(HEADER_LEN),
-            ack: u64_at(HEADER_LEN + 8),
-            fin: head[DATA_HEAD_LEN - 1] & frame::DATA_FIN != 0,
+            seq,
+            ack,
+            fin,
             payload: Vec::with_capacity(len),
             len,
         };
@@ -285,6 +306,14 @@ impl Binary {
         self.has(HAS_SESSION).then_some(&mut self.session)
     }
 
+    /// An ack carrying the session's receive point is going out: nothing is owed any more.
+    fn ack_sending(&mut self) -> u64 {
+        if let Some(c) = self.cold.as_deref_mut() {
+            c.ack_owed_bytes = 0;
+        }
+        self.session.ack_sending()
+    }
+
     fn cold_mut(&mut self) -> &mut Cold {
         self.cold.get_or_insert_with(Box::default)
     }
@@ -423,6 +452,132 @@ impl Binary {
         self.tidy();
     }
 
+    /// Input in a buffer the runtime owns and reads into: complete frames are taken from its
+    /// front, DATA chunks of at least [`SHARE_MIN`] bytes as shared slices of it (no copy), and a
+    /// frame not complete yet stays in it for the next read to complete.
+    pub(crate) fn handle_input_buf(&mut self, now: Instant, buf: &mut BytesMut) {
+        if self.state == State::Closed {
+            // Input after the close is ignored, as `handle_input` ignores it.
+            buf.clear();
+            return;
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let now = self.live.ns(now);
+        self.live.on_recv(now);
+        self.decode_buf(now, buf);
+        self.tidy();
+    }
+
+    fn decode_buf(&mut self, now: u64, buf: &mut BytesMut) {
+        let limits = self.cfg().limits;
+        let max = limits.max_buffered;
+        // A frame begun in an earlier `handle_input` (in `tail` or `rx`) takes its bytes first.
+        if self
+            .cold
+            .as_deref()
+            .is_some_and(|c| !c.tail.is_empty() || c.rx.is_some())
+        {
+            let before = buf.len();
+            let used = self.decode_pending(now, buf);
+            buf.advance(used.min(before));
+            if self.state == State::Closed {
+                buf.clear();
+                return;
+            }
+            if self
+                .cold
+                .as_deref()
+                .is_some_and(|c| !c.tail.is_empty() || c.rx.is_some())
+            {
+                return;
+            }
+        }
+        while !buf.is_empty() {
+            if let Some(head) = buf.get(..DATA_HEAD_LEN)
+                && head[0] == FrameType::Data as u8
+            {
+                let total =
+                    HEADER_LEN + u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let len = total.saturating_sub(DATA_HEAD_LEN);
+                // The head alone: a bad length fails here as `parse` fails it.
+                if let Err(e) = parse(head, limits.max_frame_size) {
+                    buf.clear();
+                    return self.fail_decode(e);
+                }
+                if len >= SHARE_MIN && total <= max {
+                    if buf.len() < total {
+                        break;
+                    }
+                    let (seq, ack, fin) = data_head(head);
+                    let payload = buf.split_to(total).freeze().slice(DATA_HEAD_LEN..);
+                    self.on_data_frame(now, seq, ack, fin, payload);
+                    if self.state == State::Closed {
+                        buf.clear();
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let window = buf.get(..max).unwrap_or(buf);
+            match parse(window, limits.max_frame_size) {
+                Err(e) => {
+                    buf.clear();
+                    return self.fail_decode(e);
+                }
+                Ok(Some((f, used))) => {
+                    buf.advance(used);
+                    self.on_frame(now, f);
+                    if self.state == State::Closed {
+                        buf.clear();
+                        return;
+                    }
+                }
+                Ok(None) => break,
+            }
+        }
+        if buf.len() > max {
+            // An incomplete frame that does not fit in the buffer, and more than that at hand.
+            let buffered = buf.len();
+            buf.clear();
+            self.fail_decode(DecodeError::BufferFull { buffered, max });
+        }
+    }
+
+    /// Feeds the front of `data` to the frame begun in an earlier input (`tail` or `rx`), as
+    /// `decode` would, and returns how many bytes it took (all of `data` when the frame is still
+    /// not complete, or when the connection closed).
+    fn decode_pending(&mut self, now: u64, data: &[u8]) -> usize {
+        // `decode` stops at the end of the pending frame only if it is given no more than that.
+        let want = match self.cold.as_deref() {
+            Some(c) if c.rx.is_some() => c.rx.as_ref().map_or(0, |rx| rx.len - rx.payload.len()),
+            Some(c) => match c.tail.get(..HEADER_LEN) {
+                Some(h) => {
+                    let total = HEADER_LEN + u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                    total.saturating_sub(c.tail.len())
+                }
+                // Not even the header yet: take what completes it; the rest is decided then.
+                None => HEADER_LEN - c.tail.len(),
+            },
+            None => 0,
+        };
+        let take = want.min(data.len());
+        self.decode(now, &data[..take]);
+        if take == data.len() || self.state == State::Closed {
+            return data.len();
+        }
+        let pending = self
+            .cold
+            .as_deref()
+            .is_some_and(|c| !c.tail.is_empty() || c.rx.is_some());
+        if pending {
+            // The header just completed: the frame's length is known now.
+            return take + self.decode_pending(now, &data[take..]);
+        }
+        take
+    }
+
     /// Decode frames straight from `data`, buffering only the prefix of a frame that is not
     /// complete yet. The outcome is that of a decoder holding at most `max_buffered` bytes
     /// (see `FrameDecoder`): a frame is decoded when it fits in `max_buffered`, and the
@@ -442,7 +597,8 @@ impl Binary {
                 let tail = &mut c.tail;
                 let want = match tail.get(..HEADER_LEN) {
                     Some(h) => {
-                        let total = HEADER_LEN + u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                        let total =
+                            HEADER_LEN + u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
                         // A DATA frame that fits is gathered here only up to its head.
                         let upto = if h[0] == FrameType::Data as u8 && total <= max {
                             total.min(DATA_HEAD_LEN)
@@ -530,29 +686,6 @@ impl Binary {
         }
     }
 
-    /// While a DATA chunk is arriving straight into place: the room left in its buffer (the
-    /// bytes of the chunk still missing). A runtime may read the socket directly into this room
-    /// and report what it read with [`commit_input`](Self::commit_input), instead of reading
-    /// into a buffer of its own and calling `handle_input` (one copy less).
-    pub(crate) fn input_room(&mut self) -> Option<&mut Vec<u8>> {
-        if self.state == State::Closed {
-            return None;
-        }
-        self.cold.as_deref_mut()?.rx.as_mut().map(|rx| &mut rx.payload)
-    }
-
-    /// Bytes were appended to the buffer from [`input_room`](Self::input_room): account for
-    /// them as input (a sign of life) and deliver the frame if it is complete.
-    pub(crate) fn commit_input(&mut self, now: Instant) {
-        if self.state == State::Closed {
-            return;
-        }
-        let now = self.live.ns(now);
-        self.live.on_recv(now);
-        self.decode(now, &[]);
-        self.tidy();
-    }
-
     fn unexpected(&mut self, ty: FrameType) {
         let reason = format!("unexpected {ty:?} frame in state {:?}", self.state);
         self.close(CloseCode::ProtocolError, &reason, false);
@@ -637,12 +770,7 @@ impl Binary {
                     payload,
                 },
                 State::Open,
-            ) => {
-                self.on_peer_ack(ack);
-                if self.state == State::Open {
-                    self.on_data(now, seq, fin, payload);
-                }
-            }
+            ) => self.on_open_data(now, seq, ack, fin, Bytes::from(payload)),
             _ => self.unexpected(ty),
         }
     }
@@ -811,7 +939,7 @@ impl Binary {
         if !w.resumed {
             // Completes the handshake: tells the server we hold the new session (see
             // `State::AwaitConfirm`). Control frames go first, so this precedes any DATA.
-            let next = s.ack_sending();
+            let next = self.ack_sending();
             self.queue_ctl(Ctl::Ack, 0, next);
         }
         self.set_tx(acked, 0);
@@ -842,7 +970,27 @@ impl Binary {
         }
     }
 
-    fn on_data(&mut self, now: u64, seq: u64, fin: bool, payload: Vec<u8>) {
+    /// A DATA frame whose chunk is a shared slice of the input (see `handle_input_buf`): what
+    /// `on_frame` does with a decoded DATA frame.
+    fn on_data_frame(&mut self, now: u64, seq: u64, ack: u64, fin: bool, payload: Bytes) {
+        if self.state == State::AwaitConfirm {
+            self.confirm();
+        }
+        if self.state == State::Open {
+            self.on_open_data(now, seq, ack, fin, payload);
+        } else {
+            self.unexpected(FrameType::Data);
+        }
+    }
+
+    fn on_open_data(&mut self, now: u64, seq: u64, ack: u64, fin: bool, payload: Bytes) {
+        self.on_peer_ack(ack);
+        if self.state == State::Open {
+            self.on_data(now, seq, fin, payload);
+        }
+    }
+
+    fn on_data(&mut self, now: u64, seq: u64, fin: bool, payload: Bytes) {
         let Some(s) = self.session() else {
             return;
         };
@@ -865,19 +1013,24 @@ impl Binary {
         } else {
             let c = self.cold_mut();
             c.reasm.extend_from_slice(&payload);
-            std::mem::take(&mut c.reasm)
+            Bytes::from(std::mem::take(&mut c.reasm))
         };
         let s = &mut self.session;
         s.delivered();
         let owed = s.ack_owed();
-        let every = u64::from(s.config().ack_every.max(1));
-        let delay = crate::liveness::nanos(s.config().ack_delay);
+        let cfg = s.config();
+        let every = u64::from(cfg.ack_every.max(1));
+        let every_bytes = cfg.ack_every_bytes.max(1);
+        let delay = crate::liveness::nanos(cfg.ack_delay);
+        let c = self.cold_mut();
+        c.ack_owed_bytes = c.ack_owed_bytes.saturating_add(msg.len());
+        let owed_bytes = c.ack_owed_bytes;
         self.push_event(Event::Message {
             seq: Seq(seq),
             payload: msg,
         });
-        if owed >= every {
-            let next = self.session.ack_sending();
+        if owed >= every || owed_bytes >= every_bytes {
+            let next = self.ack_sending();
             self.queue_ctl(Ctl::Ack, 0, next);
             if let Some(c) = self.cold.as_deref_mut() {
                 c.ack_due = None;
@@ -905,11 +1058,8 @@ impl Binary {
             && c.ack_due.is_some_and(|d| now >= d)
         {
             c.ack_due = None;
-            if self.state == State::Open
-                && let Some(s) = self.session_mut()
-                && s.ack_owed() > 0
-            {
-                let next = s.ack_sending();
+            if self.state == State::Open && self.session().is_some_and(|s| s.ack_owed() > 0) {
+                let next = self.ack_sending();
                 self.queue_ctl(Ctl::Ack, 0, next);
             }
         }
@@ -1031,10 +1181,9 @@ impl Binary {
         }
         let (tx_seq, tx_off) = self.tx();
         let chunk_size = self.cfg().chunk_size.max(1);
-        let s = &mut self.session;
-        s.payload(tx_seq)?;
-        let ack = s.ack_sending();
-        let p = s.payload(tx_seq)?;
+        self.session.payload(tx_seq)?;
+        let ack = self.ack_sending();
+        let p = self.session.payload(tx_seq)?;
         let start = tx_off.min(p.len());
         let end = tx_off.saturating_add(chunk_size).min(p.len());
         let chunk = p.slice(start..end);

@@ -17,7 +17,6 @@
 //! [`Connection::resolve_resume`] with its [`SessionStore`].
 
 use crate::auth::AuthToken;
-use bytes::Bytes;
 use crate::binary::Binary;
 use crate::decode::Limits;
 use crate::error::Backpressure;
@@ -29,6 +28,7 @@ use crate::policy::ServerPolicy;
 use crate::rtt::RttStats;
 use crate::session::{Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
+use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -131,8 +131,10 @@ pub enum Event {
     Message {
         /// Its sequence number (per direction).
         seq: Seq,
-        /// Its bytes (JSON mode: the raw object).
-        payload: Vec<u8>,
+        /// Its bytes (JSON mode: the raw object). A large message received through
+        /// [`Connection::handle_input_buf`] shares the runtime's input buffer (no copy); keeping it
+        /// keeps that buffer's allocation alive.
+        payload: Bytes,
     },
     /// A PONG answered our PING: updated RTT statistics.
     Rtt(RttStats),
@@ -274,6 +276,23 @@ impl Connection {
         match &mut self.inner {
             Inner::Binary(b) => b.handle_input(now, data),
             Inner::Json(j) => j.handle_input(now, data),
+        }
+    }
+
+    /// Bytes arrived from the peer, read into `buf`, a buffer the runtime keeps between reads and
+    /// reads into (appending). Complete frames are taken from its front; a frame not complete yet
+    /// stays in it (at most `max_buffered` bytes of it, as with `handle_input`), so the next read
+    /// completes it in place. Binary codec: a DATA chunk of 4 KiB or more is delivered as a shared
+    /// slice of `buf`'s allocation — no copy of the message bytes, and `BytesMut::reserve` reuses
+    /// the allocation once the application has dropped those messages. The JSON codec consumes
+    /// all of `buf` as `handle_input` would. May be mixed with `handle_input` calls.
+    pub fn handle_input_buf(&mut self, now: Instant, buf: &mut BytesMut) {
+        match &mut self.inner {
+            Inner::Binary(b) => b.handle_input_buf(now, buf),
+            Inner::Json(j) => {
+                j.handle_input(now, buf);
+                buf.clear();
+            }
         }
     }
 

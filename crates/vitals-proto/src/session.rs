@@ -6,8 +6,8 @@
 //! duplicate (a replay of something already delivered) and rejects a gap.
 
 use crate::connection::Config;
-use bytes::Bytes;
 use crate::error::{Backpressure, SessionError};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -95,6 +95,12 @@ pub struct SessionConfig {
     pub ack_delay: Duration,
     /// Send an ACK at once after this many unacknowledged received messages. Default 64.
     pub ack_every: u32,
+    /// Send an ACK at once after this many bytes of unacknowledged received messages. Default
+    /// 1 MiB: a quarter of the default `max_replay_bytes`, so that a peer streaming large messages
+    /// into a buffer of that size is acknowledged long before the buffer fills (an ack only after
+    /// 64 messages of 64 KiB would come when the sender's 4 MiB buffer is already full, and the
+    /// sender would stop for a round trip every 4 MiB). Keep it well below the peer's buffer.
+    pub ack_every_bytes: usize,
     /// Largest reassembled message. Default 16 MiB.
     pub max_message_size: usize,
 }
@@ -108,6 +114,7 @@ impl Default for SessionConfig {
             ttl: Duration::from_secs(120),
             ack_delay: Duration::from_millis(50),
             ack_every: 64,
+            ack_every_bytes: 1 << 20,
             max_message_size: 16 << 20,
         }
     }

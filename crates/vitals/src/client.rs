@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use vitals_proto::{
-    Bytes, CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError, Session,
+    Bytes, BytesMut, CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError,
+    Session,
 };
 
 use crate::backoff::Backoff;
@@ -43,10 +44,12 @@ use crate::socket::SocketOptions;
 use crate::tls::{Fed, feed, write_out};
 
 /// First size of a connection's read buffer; it doubles while reads fill it, up to [`READ_BUF_MAX`], so
-/// that an idle heartbeating client holds 2 KiB, not 64.
+/// that an idle heartbeating client holds 2 KiB, not 256.
 const READ_BUF_MIN: usize = 2 * 1024;
 /// Largest read buffer.
-const READ_BUF_MAX: usize = 64 * 1024;
+const READ_BUF_MAX: usize = 256 * 1024;
+/// Largest read buffer of a TLS connection (ciphertext; records are at most 16 KiB).
+const TLS_READ_BUF_MAX: usize = 64 * 1024;
 /// Most bytes gathered from the core per write.
 const OUT_BATCH: usize = 256 * 1024;
 
@@ -424,10 +427,17 @@ impl Task {
                 tracing::warn!(error = %e, "could not re-send a message after a lost session");
             }
         }
+        let tls_read_buf = if tls.is_some() {
+            vec![0; READ_BUF_MIN]
+        } else {
+            Vec::new()
+        };
         let mut conn = ConnIo {
             stream,
             tls,
-            buf: vec![0; READ_BUF_MIN],
+            buf: tls_read_buf,
+            rbuf: BytesMut::new(),
+            read_room: READ_BUF_MIN,
             outbox: Outbox::default(),
             out: Vec::new(),
         };
@@ -663,7 +673,12 @@ struct ConnIo {
     stream: TcpStream,
     /// TLS between the socket and the core, when configured.
     tls: Option<Box<rustls::ClientConnection>>,
+    /// TLS: the read buffer (ciphertext).
     buf: Vec<u8>,
+    /// Plaintext: the input buffer (see `read_plain`).
+    rbuf: BytesMut,
+    /// Plaintext: room to keep in `rbuf` for one read.
+    read_room: usize,
     /// Plaintext output waiting for the socket (DATA chunks uncopied, written with `writev`).
     outbox: Outbox,
     /// TLS: the core's output before encryption.
@@ -701,6 +716,9 @@ impl ConnIo {
 
     /// Reads what is there into the core. `Some(reason)` when the connection ended.
     fn read(&mut self, proto: &mut Connection) -> Option<DisconnectReason> {
+        if self.tls.is_none() {
+            return self.read_plain(proto);
+        }
         loop {
             match self.stream.try_read(&mut self.buf) {
                 Ok(0) => return Some(DisconnectReason::Eof),
@@ -724,8 +742,38 @@ impl ConnIo {
                             }
                         },
                     }
-                    if n == self.buf.len() && n < READ_BUF_MAX {
+                    if n == self.buf.len() && n < TLS_READ_BUF_MAX {
                         self.buf.resize(n * 2, 0);
+                    }
+                    if proto.is_closed() {
+                        return None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(DisconnectReason::from_io(&e)),
+            }
+        }
+    }
+}
+
+impl ConnIo {
+    /// Plaintext: reads into `rbuf`, the connection's input buffer, which keeps an incomplete frame
+    /// in place and shares large DATA chunks with the application (no copy); its room doubles
+    /// while reads fill it, from [`READ_BUF_MIN`] up to [`READ_BUF_MAX`].
+    fn read_plain(&mut self, proto: &mut Connection) -> Option<DisconnectReason> {
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_room {
+                self.rbuf.reserve(self.read_room);
+            }
+            let room = self.rbuf.capacity() - self.rbuf.len();
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Some(DisconnectReason::Eof),
+                Ok(n) => {
+                    metrics::counter!(m::BYTES_IN).increment(n as u64);
+                    proto.handle_input_buf(Instant::now(), &mut self.rbuf);
+                    if n == room && self.read_room < READ_BUF_MAX {
+                        self.read_room = (self.read_room * 2).min(READ_BUF_MAX);
                     }
                     if proto.is_closed() {
                         return None;

@@ -33,7 +33,7 @@ async fn messages_flow_both_ways_and_rtt_samples_arrive() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"hello server");
+    assert_eq!(&got[..], b"hello server");
 
     server
         .handle()
@@ -44,7 +44,7 @@ async fn messages_flow_both_ways_and_rtt_samples_arrive() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"hello client");
+    assert_eq!(&got[..], b"hello client");
 
     // Silence of one interval makes each side ping; each pong is an RTT sample.
     let rtt = client_event(&mut client, Duration::from_secs(5), |e| match e {
@@ -109,7 +109,7 @@ async fn a_silent_peer_is_convicted_and_others_are_unaffected() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"still here");
+    assert_eq!(&got[..], b"still here");
 }
 
 /// A client bound to another loopback source address (how `vitals bench` gets past the ephemeral port
@@ -195,7 +195,7 @@ async fn a_send_to_a_closed_connection_comes_back() {
         _ => None,
     })
     .await;
-    assert_eq!(payload, b"too late");
+    assert_eq!(&payload[..], b"too late");
     assert_eq!(reason, "connection closed");
 }
 
@@ -238,6 +238,6 @@ async fn a_message_arriving_with_the_fin_is_delivered() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"last words");
+    assert_eq!(&got[..], b"last words");
     server.join().unwrap();
 }

@@ -127,14 +127,14 @@ async fn messages_rtt_and_lossless_resume_over_tls() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"hello over tls");
+    assert_eq!(&got[..], b"hello over tls");
     server.handle().send(conn, b"hello back".to_vec()).unwrap();
     let got = client_event(&mut client, Duration::from_secs(5), |e| match e {
         ClientEvent::Message(p) => Some(p.clone()),
         _ => None,
     })
     .await;
-    assert_eq!(got, b"hello back");
+    assert_eq!(&got[..], b"hello back");
     // Pings go out after an interval of silence; each pong is an RTT sample, on both sides.
     let rtt = client_event(&mut client, Duration::from_secs(5), |e| match e {
         ClientEvent::Rtt(r) => Some(*r),
@@ -211,7 +211,7 @@ async fn messages_rtt_and_lossless_resume_over_tls() {
     // After the resumes, the current connection still carries messages both ways.
     client.send(b"after the resumes".to_vec()).await.unwrap();
     let conn = server_event(&mut server, Duration::from_secs(5), |e| match e {
-        ServerEvent::Message { conn, payload, .. } if payload == b"after the resumes" => {
+        ServerEvent::Message { conn, payload, .. } if payload[..] == b"after the resumes"[..] => {
             Some(*conn)
         }
         _ => None,
@@ -223,7 +223,7 @@ async fn messages_rtt_and_lossless_resume_over_tls() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"and back");
+    assert_eq!(&got[..], b"and back");
     client.close().await;
     let reason = server_event(&mut server, Duration::from_secs(5), |e| match e {
         ServerEvent::Closed { reason, .. } => Some(reason.clone()),
@@ -257,7 +257,7 @@ async fn the_json_codec_works_over_tls() {
         _ => None,
     })
     .await;
-    assert_eq!(got, br#"{"hello":"server"}"#);
+    assert_eq!(&got[..], br#"{"hello":"server"}"#);
     server
         .handle()
         .send(conn, br#"{"hello":"client"}"#.to_vec())
@@ -267,7 +267,7 @@ async fn the_json_codec_works_over_tls() {
         _ => None,
     })
     .await;
-    assert_eq!(got, br#"{"hello":"client"}"#);
+    assert_eq!(&got[..], br#"{"hello":"client"}"#);
     client_event(&mut client, Duration::from_secs(5), |e| match e {
         ClientEvent::Rtt(r) => Some(*r),
         _ => None,
@@ -338,7 +338,7 @@ async fn an_untrusting_client_fails_the_handshake_and_others_are_unaffected() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"unaffected");
+    assert_eq!(&got[..], b"unaffected");
 }
 
 /// A plaintext vitals peer at a TLS server is closed with a typed TLS reason (its HELLO is not a TLS
@@ -449,7 +449,7 @@ async fn a_silent_tls_peer_is_convicted_at_the_timeout() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"still here");
+    assert_eq!(&got[..], b"still here");
 }
 
 /// Graceful shutdown over TLS: the client is told `Shutdown` (the CLOSE frame got through the TLS layer

@@ -13,6 +13,7 @@
 //! output is written into it and its records go to the socket. Refused records stay inside rustls, so a
 //! TLS connection's backlog is "rustls still wants to write", with the same stall rules.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,10 +24,12 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tokio::sync::mpsc::UnboundedSender;
-use vitals_proto::{Bytes, CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys};
+use vitals_proto::{
+    Bytes, CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys,
+};
 use vitals_timer::{Jitter, Wheel};
 
-use super::conn::{Backlog, Conn, read_into, write_some};
+use super::conn::{Backlog, BulkBuf, BulkPool, Conn, read_bulk, read_into, write_some};
 use super::shared::{Command, Sessions, Shared};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
@@ -53,6 +56,20 @@ const MAX_RESERVED_PER_LOOP: usize = 1 << 20;
 /// How long a closing connection may take to flush its last bytes (CLOSE frame) outside a drain.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// A wake-up that reads less than this from a streaming connection, leaving its buffer empty, ends
+/// its streaming mode.
+const BULK_EXIT: usize = 16 * 1024;
+
+/// How long a loop keeps its pool of input allocations after its last streaming connection ebbed.
+const BULK_POOL_KEEP: Duration = Duration::from_secs(1);
+
+/// The input buffer of a connection that data is streaming into.
+struct BulkIn {
+    /// The connection's generation (the slab index is reused after a teardown).
+    generation: u32,
+    buf: BulkBuf,
+}
+
 /// One event loop's state.
 pub(crate) struct Loop {
     shard: u16,
@@ -68,6 +85,17 @@ pub(crate) struct Loop {
     shared: Arc<Shared>,
     events: UnboundedSender<ServerEvent>,
     scratch: Vec<u8>,
+    /// Input buffers of the plaintext connections that data is streaming into (a read filled the
+    /// scratch buffer), by slab index; dropped when the stream ebbs, so idle connections own none.
+    bulk: HashMap<usize, BulkIn>,
+    /// Connections that stopped reading at their budget for one turn (index, generation, the peer's
+    /// FIN was seen): read again on the next turn, after this one's events and writes.
+    reread: Vec<(usize, u32, bool)>,
+    /// Input allocations kept for reuse by streaming connections; released once none has been
+    /// streaming for [`BULK_POOL_KEEP`].
+    bulk_pool: BulkPool,
+    /// When a connection of this loop last streamed.
+    bulk_seen: Instant,
     /// Plaintext output of the connection being flushed (DATA chunks are not copied into it).
     outbox: Outbox,
     /// TLS: the core's output before encryption.
@@ -135,6 +163,10 @@ impl Loop {
             commands,
             events,
             scratch: vec![0; SCRATCH],
+            bulk: HashMap::new(),
+            reread: Vec::new(),
+            bulk_pool: BulkPool::default(),
+            bulk_seen: Instant::now(),
             outbox: Outbox::default(),
             out: Vec::new(),
             next_generation: 0,
@@ -160,10 +192,14 @@ impl Loop {
                 self.close_all(now);
                 return;
             }
-            let timeout = self
-                .wheel
-                .next_deadline()
-                .map(|d| self.wait_for(d.saturating_duration_since(now)));
+            let timeout = if self.reread.is_empty() {
+                self.wheel
+                    .next_deadline()
+                    .map(|d| self.wait_for(d.saturating_duration_since(now)))
+            } else {
+                // Connections stopped reading at their budget: only look for other events.
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -189,6 +225,21 @@ impl Loop {
                         self.touched.push(idx);
                     }
                 }
+            }
+            for (idx, generation, read_closed) in std::mem::take(&mut self.reread) {
+                if self
+                    .conns
+                    .get(idx)
+                    .is_some_and(|c| c.generation == generation)
+                {
+                    self.read(idx, now, read_closed);
+                    self.touched.push(idx);
+                }
+            }
+            if !self.bulk.is_empty() {
+                self.bulk_seen = now;
+            } else if !self.bulk_pool.is_empty() && now >= self.bulk_seen + BULK_POOL_KEEP {
+                self.bulk_pool.clear();
             }
             self.expire(now);
             self.service_touched(now);
@@ -360,14 +411,49 @@ impl Loop {
             return;
         }
         let Conn {
-            stream, proto, tls, ..
+            stream,
+            proto,
+            tls,
+            generation,
+            ..
         } = conn;
+        if tls.is_none()
+            && let Some(bulk) = self.bulk.get_mut(&idx)
+            && bulk.generation == *generation
+        {
+            // Data is streaming in: read into the connection's own buffer, whose large DATA chunks
+            // reach the application without a copy.
+            let pool = &mut self.bulk_pool;
+            let (n, ended, more) = read_bulk(stream, &mut bulk.buf, pool, read_closed, |buf| {
+                proto.handle_input_buf(now, buf);
+                !proto.is_closed()
+            });
+            metrics::counter!(m::BYTES_IN).increment(n as u64);
+            if more {
+                self.reread.push((idx, *generation, read_closed));
+            }
+            if n < BULK_EXIT
+                && bulk.buf.len() == 0
+                && let Some(bulk) = self.bulk.remove(&idx)
+            {
+                // The stream has ebbed: back to the shared scratch buffer.
+                bulk.buf.retire(&mut self.bulk_pool);
+            }
+            if let Some(reason) = ended {
+                conn.break_with(reason);
+            }
+            return;
+        }
         // Only what reaches the protocol core is a sign of life: with TLS, decrypted application bytes.
         let mut tls_end = None;
+        let mut filled = false;
         let (n, ended) = read_into(stream, &mut self.scratch, read_closed, |chunk| match tls {
             None => {
                 proto.handle_input(now, chunk);
-                !proto.is_closed()
+                // A full read: data is streaming in. Stop here; the rest is read into a buffer of
+                // the connection's own (see `read_bulk`), on the next turn of the loop.
+                filled = chunk.len() == SCRATCH;
+                !proto.is_closed() && !filled
             }
             Some(tls) => match feed(tls, chunk, |plain| {
                 proto.handle_input(now, plain);
@@ -386,6 +472,18 @@ impl Loop {
             },
         });
         metrics::counter!(m::BYTES_IN).increment(n as u64);
+        if filled && ended.is_none() && !conn.proto.is_closed() {
+            // A read filled the scratch buffer: data is streaming in. Further reads go into a buffer
+            // of the connection's own (see `read_bulk`).
+            self.bulk.insert(
+                idx,
+                BulkIn {
+                    generation: conn.generation,
+                    buf: BulkBuf::default(),
+                },
+            );
+            self.reread.push((idx, conn.generation, read_closed));
+        }
         if let Some(reason) = tls_end {
             if let DisconnectReason::Tls(detail) = &reason {
                 tracing::debug!(peer = %conn.peer(), error = %detail, "TLS failure");
@@ -610,6 +708,13 @@ impl Loop {
             return None;
         }
         let mut conn = self.conns.remove(idx);
+        if let Some(bulk) = self.bulk.remove(&idx) {
+            if bulk.buf.len() > 0 {
+                // The start of a frame read into the connection's own buffer goes with the connection.
+                conn.proto.handle_input(Instant::now(), bulk.buf.as_slice());
+            }
+            bulk.buf.retire(&mut self.bulk_pool);
+        }
         if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
             tracing::warn!(error = %e, "deregister failed; closing the connection");
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
@@ -809,6 +914,9 @@ impl Loop {
             return;
         }
         let mut conn = self.conns.remove(idx);
+        if let Some(bulk) = self.bulk.remove(&idx) {
+            bulk.buf.retire(&mut self.bulk_pool);
+        }
         let id = self.id(idx, conn.generation);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if let Some(key) = conn.timer.take() {
@@ -930,8 +1038,7 @@ impl Loop {
         };
         let _ = self.events.send(ServerEvent::SendRefused {
             conn,
-            // No copy unless the caller still shares the buffer.
-            payload: Vec::from(payload),
+            payload,
             reason,
         });
         self.touched.push(idx);
@@ -988,7 +1095,7 @@ impl Loop {
         if let Some(payload) = payload {
             let _ = self.events.send(ServerEvent::SendRefused {
                 conn,
-                payload: Vec::from(payload),
+                payload,
                 reason,
             });
         }
