@@ -285,7 +285,8 @@ impl Connection {
     /// completes it in place. Binary codec: a DATA chunk of 4 KiB or more is delivered as a shared
     /// slice of `buf`'s allocation — no copy of the message bytes, and `BytesMut::reserve` reuses
     /// the allocation once the application has dropped those messages. The JSON codec consumes
-    /// all of `buf` as `handle_input` would. May be mixed with `handle_input` calls.
+    /// all of `buf` as `handle_input` would. May follow `handle_input` calls (a frame begun there
+    /// is completed from `buf`); call `handle_input` again only while `buf` is empty.
     pub fn handle_input_buf(&mut self, now: Instant, buf: &mut BytesMut) {
         match &mut self.inner {
             Inner::Binary(b) => b.handle_input_buf(now, buf),
