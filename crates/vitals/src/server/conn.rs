@@ -218,6 +218,8 @@ pub(crate) const BULK_POOL: usize = 32;
 pub(crate) struct BulkBuf {
     /// Being read into; holds the start of a frame not complete yet.
     cur: BytesMut,
+    /// `cur` has an allocation (it is not the initial empty buffer).
+    allocated: bool,
 }
 
 /// Allocations that held a streaming connection's input, oldest first (empty views, possibly still
@@ -228,11 +230,9 @@ pub(crate) struct BulkPool {
 }
 
 impl BulkPool {
-    /// Keeps `b`'s allocation for reuse (dropping the oldest beyond [`BULK_POOL`]).
+    /// Keeps `b`'s allocation for reuse (dropping the oldest beyond [`BULK_POOL`]). `b` may be an
+    /// empty view at the very end of its allocation (capacity 0): reclaiming looks at the allocation.
     fn put(&mut self, mut b: BytesMut) {
-        if b.capacity() == 0 {
-            return;
-        }
         b.clear();
         if self.allocs.len() >= BULK_POOL {
             self.allocs.pop_front();
@@ -270,7 +270,9 @@ impl BulkBuf {
 
     /// Gives the (empty) buffer's allocation to the pool when the stream has ebbed.
     pub(crate) fn retire(self, pool: &mut BulkPool) {
-        pool.put(self.cur);
+        if self.allocated {
+            pool.put(self.cur);
+        }
     }
 
     /// Ensures at least [`BULK_MIN_ROOM`] of room after what `cur` holds.
@@ -289,7 +291,9 @@ impl BulkBuf {
             .unwrap_or_else(|| BytesMut::with_capacity(len + want));
         next.extend_from_slice(&self.cur);
         let full = std::mem::replace(&mut self.cur, next);
-        pool.put(full);
+        if std::mem::replace(&mut self.allocated, true) {
+            pool.put(full);
+        }
     }
 }
 
@@ -362,6 +366,50 @@ pub(crate) fn write_some(stream: &mut TcpStream, buf: &[u8]) -> io::Result<usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fills what room `b` has (as a read would) and takes it all out as one shared message.
+    fn fill_and_share(b: &mut BulkBuf, pool: &mut BulkPool) -> vitals_proto::Bytes {
+        b.make_room(pool);
+        let room = b.cur.capacity() - b.cur.len();
+        b.cur.extend_from_slice(&vec![1; room]);
+        b.cur.split().freeze()
+    }
+
+    #[test]
+    fn streaming_input_reuses_allocations_once_the_application_dropped_their_messages() {
+        let mut pool = BulkPool::default();
+        let mut b = BulkBuf::default();
+        let first = fill_and_share(&mut b, &mut pool);
+        let first_alloc = first.as_ptr();
+        // While a message shares it, the allocation is not reused: a second one is made.
+        let second = fill_and_share(&mut b, &mut pool);
+        assert_ne!(second.as_ptr(), first_alloc);
+        assert_eq!(second.len(), BULK_ALLOC);
+        // Once its messages are dropped, the first allocation is read into again.
+        drop(first);
+        let third = fill_and_share(&mut b, &mut pool);
+        assert_eq!(third.as_ptr(), first_alloc);
+        // The start of an incomplete frame moves along with the reading.
+        b.make_room(&mut pool);
+        b.cur.extend_from_slice(b"partial");
+        let room = b.cur.capacity() - b.cur.len();
+        b.cur.extend_from_slice(&vec![2; room - 10]);
+        let _shared = b.cur.split_to(7 + room - 10 - 5).freeze();
+        b.make_room(&mut pool);
+        assert_eq!(b.as_slice(), &[2; 5]);
+        assert!(b.cur.capacity() - b.len() >= BULK_MIN_ROOM);
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let mut pool = BulkPool::default();
+        for _ in 0..BULK_POOL + 5 {
+            pool.put(BytesMut::with_capacity(1024));
+        }
+        assert_eq!(pool.allocs.len(), BULK_POOL);
+        pool.clear();
+        assert!(pool.is_empty());
+    }
 
     #[test]
     fn the_inline_connection_state_stays_small() {
