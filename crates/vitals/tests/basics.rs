@@ -160,16 +160,29 @@ async fn close_does_not_hang_while_offline_with_a_blocked_send() {
     cfg.backoff.base = Duration::from_millis(20);
     let client = Client::connect(cfg);
     let sender = client.sender();
-    let blocked = tokio::spawn(async move { sender.send(b"waits".to_vec()).await });
+    // Offline without a session, nothing goes into a replay buffer: the first message waits in
+    // the task, the next ones fill the send queue, and then a send waits for room.
+    let blocked = tokio::spawn(async move {
+        let mut queued = 0;
+        loop {
+            if let Err(e) = sender.send(b"waits".to_vec()).await {
+                return (queued, e);
+            }
+            queued += 1;
+        }
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!blocked.is_finished(), "sends did not wait for room");
     tokio::time::timeout(Duration::from_secs(2), client.close())
         .await
         .expect("close returned while a send was blocked");
-    let result = tokio::time::timeout(Duration::from_secs(2), blocked)
+    let (queued, result) = tokio::time::timeout(Duration::from_secs(2), blocked)
         .await
         .expect("the blocked send was answered")
         .unwrap();
-    assert!(matches!(result, Err(vitals::Error::Shutdown)), "{result:?}");
+    assert!(matches!(result, vitals::Error::Shutdown), "{result:?}");
+    // One held by the task, the queue's 32.
+    assert_eq!(queued, 33);
 }
 
 /// A message sent to a connection that is gone comes back as `SendRefused`, never dropped silently.

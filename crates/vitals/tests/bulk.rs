@@ -93,3 +93,26 @@ async fn streamed_messages_arrive_whole_and_in_order_both_ways() {
         assert!(!matches!(e, ServerEvent::SendRefused { .. }), "{e:?}");
     }
 }
+
+/// A message larger than the whole replay buffer is refused at once (it could never be sent), also
+/// before the client has connected; one that fits is queued and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_replay_buffer_is_refused_at_once() {
+    let mut server = Server::bind(server_config()).unwrap();
+    let mut ccfg = client_config(&server);
+    ccfg.proto.session.max_replay_bytes = 100_000;
+    let client = Client::connect(ccfg);
+    let too_big = client.send(vec![0u8; 100_001]).await;
+    assert!(
+        matches!(too_big, Err(vitals::Error::Rejected(_))),
+        "{too_big:?}"
+    );
+    client.send(vec![1u8; 100_000]).await.unwrap();
+    let got = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Message { payload, .. } => Some(payload.len()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, 100_000);
+    client.flush().await.unwrap();
+}

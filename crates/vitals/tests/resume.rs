@@ -35,6 +35,15 @@ impl SessionStore for SharedStore {
 
 const TOTAL: u64 = 100_000;
 
+/// How far the sender of `restarts_and_forced_disconnects_lose_and_duplicate_nothing` may run ahead
+/// of the messages the test has read: `send` returns once a message is queued, so without this the
+/// server's event queue could hold thousands of messages of a connection the test already
+/// disconnected, and a "disconnect after every N" would hit a connection that is gone.
+const AHEAD: u64 = 2_000;
+
+/// Messages a test has read so far (across server instances).
+type Read = Arc<std::sync::atomic::AtomicU64>;
+
 /// What one server instance saw.
 struct Seen {
     received: Vec<u64>,
@@ -42,7 +51,7 @@ struct Seen {
 }
 
 /// Collects `count` messages from `server`, disconnecting the client's connection after every `every`.
-async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
+async fn serve(server: &mut Server, count: usize, every: usize, read: &Read) -> Seen {
     let handle = server.handle();
     let mut seen = Seen {
         received: Vec::new(),
@@ -61,6 +70,7 @@ async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
         if let ServerEvent::Message { conn, payload, .. } = event {
             seen.received
                 .push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
+            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if seen.received.len().is_multiple_of(every) {
                 handle.disconnect(conn).unwrap();
                 seen.disconnects += 1;
@@ -72,12 +82,13 @@ async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
 
 /// Stops a server instance abruptly (no drain: connections are dropped without CLOSE) and returns the
 /// messages it had already handed to the application but the test had not read yet.
-async fn stop_abruptly(server: Server) -> Vec<u64> {
+async fn stop_abruptly(server: Server, read: &Read) -> Vec<u64> {
     let mut rest = server.shutdown(Duration::ZERO).await;
     let mut got = Vec::new();
     while let Some(e) = rest.recv().await {
         if let ServerEvent::Message { payload, .. } = e {
             got.push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
+            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
     got
@@ -94,10 +105,15 @@ async fn restarts_and_forced_disconnects_lose_and_duplicate_nothing() {
     client_cfg.backoff.base = Duration::from_millis(10);
     client_cfg.backoff.cap = Duration::from_millis(80);
     let mut client = Client::connect(client_cfg.clone());
+    let read = Read::default();
     let sender = tokio::spawn({
         let sender = client.sender();
+        let read = Arc::clone(&read);
         async move {
             for i in 0..TOTAL {
+                while i > read.load(std::sync::atomic::Ordering::Relaxed) + AHEAD {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 sender.send(i.to_be_bytes().to_vec()).await.unwrap();
             }
         }
@@ -121,15 +137,15 @@ async fn restarts_and_forced_disconnects_lose_and_duplicate_nothing() {
 
     // First instance: 40,000 messages with a forced disconnect after every 7,000 (5), then it is stopped
     // abruptly (what it had already delivered still counts).
-    let mut first = serve(&mut server, 40_000, 7_000).await;
-    first.received.extend(stop_abruptly(server).await);
+    let mut first = serve(&mut server, 40_000, 7_000, &read).await;
+    first.received.extend(stop_abruptly(server, &read).await);
     // Second instance on the same port and store.
     let mut server = Server::bind_with_store(cfg.clone(), Box::new(store.clone())).unwrap();
-    let mut second = serve(&mut server, 30_000, 9_000).await;
-    second.received.extend(stop_abruptly(server).await);
+    let mut second = serve(&mut server, 30_000, 9_000, &read).await;
+    second.received.extend(stop_abruptly(server, &read).await);
     let mut server = Server::bind_with_store(cfg, Box::new(store.clone())).unwrap();
     let rest = TOTAL as usize - first.received.len() - second.received.len();
-    let third = serve(&mut server, rest, usize::MAX).await;
+    let third = serve(&mut server, rest, usize::MAX, &read).await;
     tokio::time::timeout(Duration::from_secs(10), sender)
         .await
         .expect("sender finished")
@@ -182,8 +198,9 @@ async fn a_restart_without_the_sessions_loses_nothing_and_says_so() {
             sender.send(i.to_be_bytes().to_vec()).await.unwrap();
         }
     });
-    let mut first = serve(&mut server, 8_000, usize::MAX).await.received;
-    first.extend(stop_abruptly(server).await);
+    let read = Read::default();
+    let mut first = serve(&mut server, 8_000, usize::MAX, &read).await.received;
+    first.extend(stop_abruptly(server, &read).await);
     let mut server = Server::bind(cfg).unwrap(); // a fresh in-memory store
     let lost = client_event(&mut client, Duration::from_secs(10), |e| match e {
         ClientEvent::SessionLost { resent, .. } => Some(*resent),
@@ -194,7 +211,7 @@ async fn a_restart_without_the_sessions_loses_nothing_and_says_so() {
     let last_first = *first.last().unwrap();
     let mut second = Vec::new();
     while second.last() != Some(&(N - 1)) {
-        second.extend(serve(&mut server, 1, usize::MAX).await.received);
+        second.extend(serve(&mut server, 1, usize::MAX, &read).await.received);
     }
     tokio::time::timeout(Duration::from_secs(10), sending)
         .await
