@@ -93,6 +93,9 @@ async fn through_vitals(
     });
     let mut rtt = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut probe = tokio::time::interval(interval);
+    // A late tick must not be followed by an early one: probes closer than half the interval
+    // collect ping strikes (the server's rate rule).
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while start.elapsed() < secs {
         tokio::select! {
             _ = probe.tick() => client.ping()?,
