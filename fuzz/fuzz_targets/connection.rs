@@ -74,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
             }
             while core.poll_event().is_some() {}
             if core.is_closed() {
-                assert!(core.poll_timeout().is_none(), "a closed core still asks for a timer");
+                assert!(
+                    core.poll_timeout().is_none(),
+                    "a closed core still asks for a timer"
+                );
             }
         }
         // The same bytes through the two input paths (`handle_input` and `handle_input_buf`, whose
@@ -85,7 +88,10 @@ fuzz_target!(|data: &[u8]| {
         a.handle_input(now, chunk);
         buf.extend_from_slice(chunk);
         b.handle_input_buf(now, &mut buf);
-        assert!(buf.len() <= big.limits.max_buffered, "input buffer above its limit");
+        assert!(
+            buf.len() <= big.limits.max_buffered,
+            "input buffer above its limit"
+        );
         for core in [&mut *a, &mut *b] {
             if core.poll_timeout().is_some_and(|t| t <= now) {
                 core.handle_timeout(now);
@@ -106,7 +112,10 @@ fuzz_target!(|data: &[u8]| {
             parts.extend_from_slice(&head);
             parts.extend_from_slice(body.as_deref().unwrap_or(&[]));
         }
-        assert_eq!(plain, parts, "poll_transmit_parts differs from poll_transmit");
+        assert_eq!(
+            plain, parts,
+            "poll_transmit_parts differs from poll_transmit"
+        );
         assert_eq!(outcome(a), outcome(b), "the input paths disagree");
     }
 });
