@@ -307,7 +307,13 @@ mod tests {
             describe(&dead, false).as_deref(),
             Some("connection lost: silence_timeout")
         );
-        assert_eq!(describe(&ClientEvent::Message(b"x".to_vec()), true), None);
+        assert_eq!(
+            describe(
+                &ClientEvent::Message(vitals::Bytes::from_static(b"x")),
+                true
+            ),
+            None
+        );
         let rtt = ClientEvent::Rtt(vitals::vitals_proto::RttStats::default());
         assert_eq!(describe(&rtt, false), None);
         assert!(describe(&rtt, true).is_some());

@@ -3,12 +3,15 @@
 use crate::connection::{Config, Event, Role, SendError};
 use crate::decode::parse;
 use crate::error::{DecodeError, SessionError};
-use crate::frame::{self, CloseCode, Frame, FrameType, HEADER_LEN, Hello, VERSION, Welcome};
+use crate::frame::{
+    self, CloseCode, DATA_HEAD_LEN, Frame, FrameType, HEADER_LEN, Hello, VERSION, Welcome,
+};
 use crate::liveness::Liveness;
 use crate::policy::{PingVerdict, backoff_timing};
 use crate::rtt::RttStats;
 use crate::session::{ResumeToken, Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
+use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,10 +62,14 @@ struct Cold {
     spill: Vec<u8>,
     /// The undecoded prefix of a frame split across reads.
     tail: Vec<u8>,
+    /// A DATA frame whose chunk is arriving straight into its delivery buffer.
+    rx: Option<RxData>,
     /// Chunks of a DATA message received so far.
     reasm: Vec<u8>,
     /// When a held-back ACK must go out (ns since the epoch).
     ack_due: Option<u64>,
+    /// Bytes of the received messages not yet acknowledged.
+    ack_owed_bytes: usize,
     /// Server: a resume asked for (id, token, client's receive point), until resolved.
     resume: Option<(SessionId, ResumeToken, u64)>,
     /// (next seq to transmit, offset in it) unless that is (send_next, 0).
@@ -77,11 +84,98 @@ impl Cold {
         self.events.is_empty()
             && self.spill.is_empty()
             && self.tail.is_empty()
+            && self.rx.is_none()
             && self.reasm.is_empty()
             && self.ack_due.is_none()
+            && self.ack_owed_bytes == 0
             && self.resume.is_none()
             && self.tx.is_none()
             && self.own_session_cfg.is_none()
+    }
+}
+
+/// DATA chunks at least this long are delivered as shared slices of the runtime's input buffer
+/// (`handle_input_buf`); shorter ones are copied, so that a small message kept by the application
+/// does not keep a whole input buffer alive.
+pub(crate) const SHARE_MIN: usize = 4096;
+
+/// (seq, ack, fin) from the first [`DATA_HEAD_LEN`] bytes of a DATA frame.
+fn data_head(head: &[u8]) -> (u64, u64, bool) {
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        if let Some(src) = head.get(at..at + 8) {
+            b.copy_from_slice(src);
+        }
+        u64::from_be_bytes(b)
+    };
+    let flags = head.get(DATA_HEAD_LEN - 1).copied().unwrap_or(0);
+    (
+        u64_at(HEADER_LEN),
+        u64_at(HEADER_LEN + 8),
+        flags & frame::DATA_FIN != 0,
+    )
+}
+
+/// A DATA frame whose head has arrived and whose chunk is still arriving: the chunk goes straight
+/// into `payload`, allocated once with the chunk's exact length, which becomes the frame's (and,
+/// for a message sent in one chunk, the delivered message's) buffer.
+#[derive(Debug)]
+struct RxData {
+    seq: u64,
+    ack: u64,
+    fin: bool,
+    /// Capacity: the chunk's length.
+    payload: Vec<u8>,
+    /// The chunk's length.
+    len: usize,
+}
+
+impl RxData {
+    /// Starts receiving the DATA frame at the front of `buf` (which holds less than all of it)
+    /// if its head is complete and the whole frame fits in `max_buffered`; the bytes of the chunk
+    /// in `buf` are taken. `parse` has already checked the header against the limits.
+    fn start(buf: &[u8], max_buffered: usize) -> Option<RxData> {
+        let head = buf.get(..DATA_HEAD_LEN)?;
+        if head[0] != FrameType::Data as u8 {
+            return None;
+        }
+        let frame_len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if HEADER_LEN + frame_len > max_buffered {
+            return None;
+        }
+        let len = frame_len.checked_sub(frame::DATA_PREFIX_LEN)?;
+        let (seq, ack, fin) = data_head(head);
+        let mut rx = RxData {
+            seq,
+            ack,
+            fin,
+            payload: Vec::with_capacity(len),
+            len,
+        };
+        let rest = rx.fill(buf.get(DATA_HEAD_LEN..).unwrap_or(&[]));
+        debug_assert!(rest.is_empty() && !rx.is_complete());
+        Some(rx)
+    }
+
+    /// Takes what `data` holds of the chunk; returns the rest.
+    fn fill<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let take = self.len.saturating_sub(self.payload.len()).min(data.len());
+        let (head, rest) = data.split_at(take);
+        self.payload.extend_from_slice(head);
+        rest
+    }
+
+    fn is_complete(&self) -> bool {
+        self.payload.len() >= self.len
+    }
+
+    fn into_frame(self) -> Frame {
+        Frame::Data {
+            seq: self.seq,
+            ack: self.ack,
+            fin: self.fin,
+            payload: self.payload,
+        }
     }
 }
 
@@ -210,6 +304,14 @@ impl Binary {
 
     fn session_mut(&mut self) -> Option<&mut Session> {
         self.has(HAS_SESSION).then_some(&mut self.session)
+    }
+
+    /// An ack carrying the session's receive point is going out: nothing is owed any more.
+    fn ack_sending(&mut self) -> u64 {
+        if let Some(c) = self.cold.as_deref_mut() {
+            c.ack_owed_bytes = 0;
+        }
+        self.session.ack_sending()
     }
 
     fn cold_mut(&mut self) -> &mut Cold {
@@ -350,23 +452,160 @@ impl Binary {
         self.tidy();
     }
 
+    /// Input in a buffer the runtime owns and reads into: complete frames are taken from its
+    /// front, DATA chunks of at least [`SHARE_MIN`] bytes as shared slices of it (no copy), and a
+    /// frame not complete yet stays in it for the next read to complete.
+    pub(crate) fn handle_input_buf(&mut self, now: Instant, buf: &mut BytesMut) {
+        if self.state == State::Closed {
+            // Input after the close is ignored, as `handle_input` ignores it.
+            buf.clear();
+            return;
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let now = self.live.ns(now);
+        self.live.on_recv(now);
+        self.decode_buf(now, buf);
+        self.tidy();
+    }
+
+    fn decode_buf(&mut self, now: u64, buf: &mut BytesMut) {
+        let limits = self.cfg().limits;
+        let max = limits.max_buffered;
+        // A frame begun in an earlier `handle_input` (in `tail` or `rx`) takes its bytes first.
+        if self
+            .cold
+            .as_deref()
+            .is_some_and(|c| !c.tail.is_empty() || c.rx.is_some())
+        {
+            let before = buf.len();
+            let used = self.decode_pending(now, buf);
+            buf.advance(used.min(before));
+            if self.state == State::Closed {
+                buf.clear();
+                return;
+            }
+            if self
+                .cold
+                .as_deref()
+                .is_some_and(|c| !c.tail.is_empty() || c.rx.is_some())
+            {
+                return;
+            }
+        }
+        while !buf.is_empty() {
+            if let Some(head) = buf.get(..DATA_HEAD_LEN)
+                && head[0] == FrameType::Data as u8
+            {
+                let total =
+                    HEADER_LEN + u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let len = total.saturating_sub(DATA_HEAD_LEN);
+                // The head alone: a bad length fails here as `parse` fails it.
+                if let Err(e) = parse(head, limits.max_frame_size) {
+                    buf.clear();
+                    return self.fail_decode(e);
+                }
+                if len >= SHARE_MIN && total <= max {
+                    if buf.len() < total {
+                        break;
+                    }
+                    let (seq, ack, fin) = data_head(head);
+                    let payload = buf.split_to(total).freeze().slice(DATA_HEAD_LEN..);
+                    self.on_data_frame(now, seq, ack, fin, payload);
+                    if self.state == State::Closed {
+                        buf.clear();
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let window = buf.get(..max).unwrap_or(buf);
+            match parse(window, limits.max_frame_size) {
+                Err(e) => {
+                    buf.clear();
+                    return self.fail_decode(e);
+                }
+                Ok(Some((f, used))) => {
+                    buf.advance(used);
+                    self.on_frame(now, f);
+                    if self.state == State::Closed {
+                        buf.clear();
+                        return;
+                    }
+                }
+                Ok(None) => break,
+            }
+        }
+        if buf.len() > max {
+            // An incomplete frame that does not fit in the buffer, and more than that at hand.
+            let buffered = buf.len();
+            buf.clear();
+            self.fail_decode(DecodeError::BufferFull { buffered, max });
+        }
+    }
+
+    /// Feeds the front of `data` to the frame begun in an earlier input (`tail` or `rx`), as
+    /// `decode` would, and returns how many bytes it took (all of `data` when the frame is still
+    /// not complete, or when the connection closed).
+    fn decode_pending(&mut self, now: u64, data: &[u8]) -> usize {
+        // `decode` stops at the end of the pending frame only if it is given no more than that.
+        let want = match self.cold.as_deref() {
+            Some(c) if c.rx.is_some() => c.rx.as_ref().map_or(0, |rx| rx.len - rx.payload.len()),
+            Some(c) => match c.tail.get(..HEADER_LEN) {
+                Some(h) => {
+                    let total = HEADER_LEN + u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                    total.saturating_sub(c.tail.len())
+                }
+                // Not even the header yet: take what completes it; the rest is decided then.
+                None => HEADER_LEN - c.tail.len(),
+            },
+            None => 0,
+        };
+        let take = want.min(data.len());
+        self.decode(now, &data[..take]);
+        if take == data.len() || self.state == State::Closed {
+            return data.len();
+        }
+        let pending = self
+            .cold
+            .as_deref()
+            .is_some_and(|c| !c.tail.is_empty() || c.rx.is_some());
+        if pending {
+            // The header just completed: the frame's length is known now.
+            return take + self.decode_pending(now, &data[take..]);
+        }
+        take
+    }
+
     /// Decode frames straight from `data`, buffering only the prefix of a frame that is not
     /// complete yet. The outcome is that of a decoder holding at most `max_buffered` bytes
     /// (see `FrameDecoder`): a frame is decoded when it fits in `max_buffered`, and the
     /// connection fails with `BufferFull` once more than that of a frame's bytes are at hand.
+    ///
+    /// A DATA frame that does not arrive whole is not gathered in `tail`: once its head (header,
+    /// seq, ack, flags) is here, its chunk is copied straight into the buffer it is delivered in,
+    /// allocated once with the chunk's exact length (see [`RxData`]).
     fn decode(&mut self, now: u64, mut data: &[u8]) {
         let limits = self.cfg().limits;
         let max = limits.max_buffered;
-        // First complete a frame begun in an earlier input.
+        // First complete a frame begun in an earlier input (its head in `tail`).
         if let Some(c) = self.cold.as_deref_mut()
             && !c.tail.is_empty()
         {
             let frame = loop {
                 let tail = &mut c.tail;
-                let want = match tail.get(1..HEADER_LEN) {
-                    Some(len) => {
-                        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-                        (HEADER_LEN + len as usize).saturating_sub(tail.len())
+                let want = match tail.get(..HEADER_LEN) {
+                    Some(h) => {
+                        let total =
+                            HEADER_LEN + u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                        // A DATA frame that fits is gathered here only up to its head.
+                        let upto = if h[0] == FrameType::Data as u8 && total <= max {
+                            total.min(DATA_HEAD_LEN)
+                        } else {
+                            total
+                        };
+                        upto.saturating_sub(tail.len())
                     }
                     None => HEADER_LEN - tail.len(),
                 };
@@ -378,19 +617,44 @@ impl Binary {
                     Err(e) => return self.fail_decode(e),
                     Ok(Some((f, _))) => {
                         tail.clear();
-                        break f;
+                        break Some(f);
                     }
-                    Ok(None) if data.is_empty() => return,
-                    Ok(None) if tail.len() >= max => {
-                        let buffered = tail.len() + data.len();
-                        return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                    Ok(None) => {
+                        if let Some(rx) = RxData::start(tail, max) {
+                            tail.clear();
+                            c.rx = Some(rx);
+                            break None;
+                        }
+                        if data.is_empty() {
+                            return;
+                        }
+                        if tail.len() >= max {
+                            let buffered = tail.len() + data.len();
+                            return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                        }
                     }
-                    Ok(None) => {}
                 }
             };
-            self.on_frame(now, frame);
-            if self.state == State::Closed {
+            if let Some(frame) = frame {
+                self.on_frame(now, frame);
+                if self.state == State::Closed {
+                    return;
+                }
+            }
+        }
+        // Then the rest of a DATA chunk that is arriving straight into place.
+        if let Some(c) = self.cold.as_deref_mut()
+            && let Some(rx) = c.rx.as_mut()
+        {
+            data = rx.fill(data);
+            if !rx.is_complete() {
                 return;
+            }
+            if let Some(rx) = c.rx.take() {
+                self.on_frame(now, rx.into_frame());
+                if self.state == State::Closed {
+                    return;
+                }
             }
         }
         while !data.is_empty() {
@@ -404,12 +668,17 @@ impl Binary {
                         return;
                     }
                 }
-                Ok(None) if data.len() > max => {
-                    // The frame does not fit in the buffer and more than that is at hand.
-                    let buffered = data.len();
-                    return self.fail_decode(DecodeError::BufferFull { buffered, max });
-                }
                 Ok(None) => {
+                    if let Some(rx) = RxData::start(data, max) {
+                        // `data` holds less than the whole frame: all of it went into `rx`.
+                        self.cold_mut().rx = Some(rx);
+                        return;
+                    }
+                    if data.len() > max {
+                        // The frame does not fit in the buffer and more than that is at hand.
+                        let buffered = data.len();
+                        return self.fail_decode(DecodeError::BufferFull { buffered, max });
+                    }
                     self.cold_mut().tail.extend_from_slice(data);
                     return;
                 }
@@ -501,12 +770,7 @@ impl Binary {
                     payload,
                 },
                 State::Open,
-            ) => {
-                self.on_peer_ack(ack);
-                if self.state == State::Open {
-                    self.on_data(now, seq, fin, payload);
-                }
-            }
+            ) => self.on_open_data(now, seq, ack, fin, Bytes::from(payload)),
             _ => self.unexpected(ty),
         }
     }
@@ -675,7 +939,7 @@ impl Binary {
         if !w.resumed {
             // Completes the handshake: tells the server we hold the new session (see
             // `State::AwaitConfirm`). Control frames go first, so this precedes any DATA.
-            let next = s.ack_sending();
+            let next = self.ack_sending();
             self.queue_ctl(Ctl::Ack, 0, next);
         }
         self.set_tx(acked, 0);
@@ -706,7 +970,27 @@ impl Binary {
         }
     }
 
-    fn on_data(&mut self, now: u64, seq: u64, fin: bool, payload: Vec<u8>) {
+    /// A DATA frame whose chunk is a shared slice of the input (see `handle_input_buf`): what
+    /// `on_frame` does with a decoded DATA frame.
+    fn on_data_frame(&mut self, now: u64, seq: u64, ack: u64, fin: bool, payload: Bytes) {
+        if self.state == State::AwaitConfirm {
+            self.confirm();
+        }
+        if self.state == State::Open {
+            self.on_open_data(now, seq, ack, fin, payload);
+        } else {
+            self.unexpected(FrameType::Data);
+        }
+    }
+
+    fn on_open_data(&mut self, now: u64, seq: u64, ack: u64, fin: bool, payload: Bytes) {
+        self.on_peer_ack(ack);
+        if self.state == State::Open {
+            self.on_data(now, seq, fin, payload);
+        }
+    }
+
+    fn on_data(&mut self, now: u64, seq: u64, fin: bool, payload: Bytes) {
         let Some(s) = self.session() else {
             return;
         };
@@ -729,19 +1013,24 @@ impl Binary {
         } else {
             let c = self.cold_mut();
             c.reasm.extend_from_slice(&payload);
-            std::mem::take(&mut c.reasm)
+            Bytes::from(std::mem::take(&mut c.reasm))
         };
         let s = &mut self.session;
         s.delivered();
         let owed = s.ack_owed();
-        let every = u64::from(s.config().ack_every.max(1));
-        let delay = crate::liveness::nanos(s.config().ack_delay);
+        let cfg = s.config();
+        let every = u64::from(cfg.ack_every.max(1));
+        let every_bytes = cfg.ack_every_bytes.max(1);
+        let delay = crate::liveness::nanos(cfg.ack_delay);
+        let c = self.cold_mut();
+        c.ack_owed_bytes = c.ack_owed_bytes.saturating_add(msg.len());
+        let owed_bytes = c.ack_owed_bytes;
         self.push_event(Event::Message {
             seq: Seq(seq),
             payload: msg,
         });
-        if owed >= every {
-            let next = self.session.ack_sending();
+        if owed >= every || owed_bytes >= every_bytes {
+            let next = self.ack_sending();
             self.queue_ctl(Ctl::Ack, 0, next);
             if let Some(c) = self.cold.as_deref_mut() {
                 c.ack_due = None;
@@ -769,11 +1058,8 @@ impl Binary {
             && c.ack_due.is_some_and(|d| now >= d)
         {
             c.ack_due = None;
-            if self.state == State::Open
-                && let Some(s) = self.session_mut()
-                && s.ack_owed() > 0
-            {
-                let next = s.ack_sending();
+            if self.state == State::Open && self.session().is_some_and(|s| s.ack_owed() > 0) {
+                let next = self.ack_sending();
                 self.queue_ctl(Ctl::Ack, 0, next);
             }
         }
@@ -855,7 +1141,7 @@ impl Binary {
         }
     }
 
-    pub(crate) fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {
+    pub(crate) fn send(&mut self, now: Instant, payload: Bytes) -> Result<Seq, SendError> {
         if !self.has(CONFIRMED) || !self.has(HAS_SESSION) {
             return Err(SendError::NoSession);
         }
@@ -869,34 +1155,40 @@ impl Binary {
 
     pub(crate) fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
         let before = out.len();
+        if let Some(chunk) = self.poll_transmit_parts(out) {
+            out.extend_from_slice(&chunk);
+        }
+        out.len() - before
+    }
+
+    /// Control frames, then at most one DATA chunk: its head goes into `out` and its bytes are
+    /// returned (a shared slice of the replay buffer), to follow `out` on the wire.
+    pub(crate) fn poll_transmit_parts(&mut self, out: &mut Vec<u8>) -> Option<Bytes> {
         self.take_inline_ctl(out);
         if let Some(c) = self.cold.as_deref_mut() {
             out.extend_from_slice(&c.spill);
             c.spill.clear();
         }
-        self.transmit_data(out);
+        let chunk = self.transmit_data(out);
         self.tidy();
-        out.len() - before
+        chunk
     }
 
-    fn transmit_data(&mut self, out: &mut Vec<u8>) {
+    /// Appends the next DATA chunk's head to `out` and returns the chunk.
+    fn transmit_data(&mut self, out: &mut Vec<u8>) -> Option<Bytes> {
         if self.state != State::Open || !self.has(HAS_SESSION) {
-            return;
+            return None;
         }
         let (tx_seq, tx_off) = self.tx();
         let chunk_size = self.cfg().chunk_size.max(1);
-        let s = &mut self.session;
-        if s.payload(tx_seq).is_none() {
-            return;
-        }
-        let ack = s.ack_sending();
-        let Some(p) = s.payload(tx_seq) else {
-            return;
-        };
+        self.session.payload(tx_seq)?;
+        let ack = self.ack_sending();
+        let p = self.session.payload(tx_seq)?;
+        let start = tx_off.min(p.len());
         let end = tx_off.saturating_add(chunk_size).min(p.len());
-        let chunk = p.get(tx_off..end).unwrap_or(&[]);
+        let chunk = p.slice(start..end);
         let fin = end >= p.len();
-        frame::encode_data(out, tx_seq, ack, fin, chunk);
+        frame::encode_data_head(out, tx_seq, ack, fin, chunk.len());
         if let Some(c) = self.cold.as_deref_mut() {
             c.ack_due = None;
         }
@@ -905,6 +1197,7 @@ impl Binary {
         } else {
             self.set_tx(tx_seq, end);
         }
+        Some(chunk)
     }
 
     pub(crate) fn take_session(&mut self, now: Instant) -> Option<Session> {

@@ -7,7 +7,9 @@
 //! 2. when the instant from [`Connection::poll_timeout`] has passed, call
 //!    [`Connection::handle_timeout`];
 //! 3. drain [`Connection::poll_transmit`] until it returns 0 (or the socket would block) and
-//!    write those bytes; control frames come first in every call;
+//!    write those bytes; control frames come first in every call (or drain
+//!    [`Connection::poll_transmit_parts`], which hands DATA bytes out uncopied for a vectored
+//!    write);
 //! 4. drain [`Connection::poll_event`];
 //! 5. re-read [`Connection::poll_timeout`] and arm the timer.
 //!
@@ -26,6 +28,7 @@ use crate::policy::ServerPolicy;
 use crate::rtt::RttStats;
 use crate::session::{Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
+use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -128,8 +131,10 @@ pub enum Event {
     Message {
         /// Its sequence number (per direction).
         seq: Seq,
-        /// Its bytes (JSON mode: the raw object).
-        payload: Vec<u8>,
+        /// Its bytes (JSON mode: the raw object). A large message received through
+        /// [`Connection::handle_input_buf`] shares the runtime's input buffer (no copy); keeping it
+        /// keeps that buffer's allocation alive.
+        payload: Bytes,
     },
     /// A PONG answered our PING: updated RTT statistics.
     Rtt(RttStats),
@@ -275,6 +280,24 @@ impl Connection {
         }
     }
 
+    /// Bytes arrived from the peer, read into `buf`, a buffer the runtime keeps between reads and
+    /// reads into (appending). Complete frames are taken from its front; a frame not complete yet
+    /// stays in it (at most `max_buffered` bytes of it, as with `handle_input`), so the next read
+    /// completes it in place. Binary codec: a DATA chunk of 4 KiB or more is delivered as a shared
+    /// slice of `buf`'s allocation — no copy of the message bytes, and `BytesMut::reserve` reuses
+    /// the allocation once the application has dropped those messages. The JSON codec consumes
+    /// all of `buf` as `handle_input` would. May follow `handle_input` calls (a frame begun there
+    /// is completed from `buf`); call `handle_input` again only while `buf` is empty.
+    pub fn handle_input_buf(&mut self, now: Instant, buf: &mut BytesMut) {
+        match &mut self.inner {
+            Inner::Binary(b) => b.handle_input_buf(now, buf),
+            Inner::Json(j) => {
+                j.handle_input(now, buf);
+                buf.clear();
+            }
+        }
+    }
+
     /// The deadline from [`poll_timeout`](Self::poll_timeout) passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         match &mut self.inner {
@@ -329,10 +352,15 @@ impl Connection {
     }
 
     /// Queue an application message. Binary mode: kept for replay until acknowledged.
-    pub fn send(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, SendError> {
+    ///
+    /// Takes a `Vec<u8>` or a [`Bytes`] without copying it; with [`Bytes`] one buffer can be sent
+    /// many times (each send shares it), and a runtime using
+    /// [`poll_transmit_parts`](Self::poll_transmit_parts) writes it to the socket from where it is.
+    pub fn send(&mut self, now: Instant, payload: impl Into<Bytes>) -> Result<Seq, SendError> {
+        let payload = payload.into();
         match &mut self.inner {
             Inner::Binary(b) => b.send(now, payload),
-            Inner::Json(j) => j.send(payload),
+            Inner::Json(j) => j.send(Vec::from(payload)),
         }
     }
 
@@ -342,6 +370,21 @@ impl Connection {
         match &mut self.inner {
             Inner::Binary(b) => b.poll_transmit(out),
             Inner::Json(j) => j.poll_transmit(out),
+        }
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) for vectored writes: appends the same bytes, except
+    /// that a DATA chunk's message bytes are not copied into `out` but returned (a shared slice of
+    /// the replay buffer). On the wire they go right after what this call appended to `out`, and
+    /// before anything a later call appends. `out` unchanged and `None`: nothing to send now.
+    /// The JSON codec always appends everything to `out`.
+    pub fn poll_transmit_parts(&mut self, out: &mut Vec<u8>) -> Option<Bytes> {
+        match &mut self.inner {
+            Inner::Binary(b) => b.poll_transmit_parts(out),
+            Inner::Json(j) => {
+                j.poll_transmit(out);
+                None
+            }
         }
     }
 

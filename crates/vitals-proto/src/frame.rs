@@ -20,6 +20,8 @@ pub const MAX_HELLO_LEN: usize = HANDSHAKE_LEN + 1 + crate::auth::MAX_AUTH_TOKEN
 pub const PING_LEN: usize = 12;
 /// Bytes of the DATA payload before the message bytes (seq, ack, flags).
 pub const DATA_PREFIX_LEN: usize = 17;
+/// Bytes of a DATA frame before its chunk: the header and the prefix.
+pub const DATA_HEAD_LEN: usize = HEADER_LEN + DATA_PREFIX_LEN;
 /// Payload length of ACK.
 pub const ACK_LEN: usize = 8;
 /// Longest CLOSE reason the encoder writes (longer reasons are truncated at a char boundary).
@@ -341,11 +343,18 @@ pub fn encode_ping(out: &mut Vec<u8>, ty: FrameType, nonce: u32, timestamp_us: u
 
 /// Append one DATA chunk.
 pub fn encode_data(out: &mut Vec<u8>, seq: u64, ack: u64, fin: bool, chunk: &[u8]) {
-    header(out, FrameType::Data, DATA_PREFIX_LEN + chunk.len());
+    encode_data_head(out, seq, ack, fin, chunk.len());
+    out.extend_from_slice(chunk);
+}
+
+/// Append the first [`DATA_HEAD_LEN`] bytes of a DATA frame whose chunk is `len` bytes long: the
+/// frame header and the seq/ack/flags prefix. The chunk itself follows on the wire (a vectored
+/// write sends it from where it is, without copying it behind the head).
+pub fn encode_data_head(out: &mut Vec<u8>, seq: u64, ack: u64, fin: bool, len: usize) {
+    header(out, FrameType::Data, DATA_PREFIX_LEN + len);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&ack.to_be_bytes());
     out.push(if fin { DATA_FIN } else { 0 });
-    out.extend_from_slice(chunk);
 }
 
 /// Append an ACK.

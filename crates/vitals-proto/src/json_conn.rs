@@ -339,7 +339,10 @@ impl Json {
             JsonMessage::Data(payload) => {
                 let seq = Seq(self.recv_seq);
                 self.recv_seq += 1;
-                self.push_event(Event::Message { seq, payload });
+                self.push_event(Event::Message {
+                    seq,
+                    payload: payload.into(),
+                });
             }
         }
     }

@@ -40,7 +40,7 @@
 //!     wire.clear();
 //! }
 //! let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
-//! assert!(events.iter().any(|e| matches!(e, Event::Message { payload, .. } if payload == b"hello")));
+//! assert!(events.iter().any(|e| matches!(e, Event::Message { payload, .. } if payload[..] == b"hello"[..])));
 //! assert!(client.poll_timeout().unwrap() > t0 + Duration::from_secs(1));
 //! ```
 
@@ -60,6 +60,7 @@ mod session;
 mod store;
 
 pub use auth::{AuthToken, AuthTokenError, MAX_AUTH_TOKEN_LEN};
+pub use bytes::{Bytes, BytesMut};
 pub use connection::{Config, Connection, Event, JsonConfig, Role, SendError};
 pub use decode::{FrameDecoder, Limits};
 pub use error::{Backpressure, DecodeError, JsonError, SessionError};

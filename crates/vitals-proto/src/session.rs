@@ -7,6 +7,7 @@
 
 use crate::connection::Config;
 use crate::error::{Backpressure, SessionError};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -94,6 +95,12 @@ pub struct SessionConfig {
     pub ack_delay: Duration,
     /// Send an ACK at once after this many unacknowledged received messages. Default 64.
     pub ack_every: u32,
+    /// Send an ACK at once after this many bytes of unacknowledged received messages. Default
+    /// 1 MiB: a quarter of the default `max_replay_bytes`, so that a peer streaming large messages
+    /// into a buffer of that size is acknowledged long before the buffer fills (an ack only after
+    /// 64 messages of 64 KiB would come when the sender's 4 MiB buffer is already full, and the
+    /// sender would stop for a round trip every 4 MiB). Keep it well below the peer's buffer.
+    pub ack_every_bytes: usize,
     /// Largest reassembled message. Default 16 MiB.
     pub max_message_size: usize,
 }
@@ -107,6 +114,7 @@ impl Default for SessionConfig {
             ttl: Duration::from_secs(120),
             ack_delay: Duration::from_millis(50),
             ack_every: 64,
+            ack_every_bytes: 1 << 20,
             max_message_size: 16 << 20,
         }
     }
@@ -115,7 +123,8 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone)]
 struct Outgoing {
     queued_at: Instant,
-    payload: Vec<u8>,
+    /// Shared, not copied, when a DATA chunk of it is handed out for a vectored write.
+    payload: Bytes,
 }
 
 /// What to do with a received DATA chunk.
@@ -251,7 +260,7 @@ impl Session {
     /// server answered "unknown session"; see docs/PROTOCOL.md for what that guarantees).
     pub fn into_unacked(self) -> Vec<Vec<u8>> {
         self.backlog
-            .map(|b| b.replay.into_iter().map(|o| o.payload).collect())
+            .map(|b| b.replay.into_iter().map(|o| Vec::from(o.payload)).collect())
             .unwrap_or_default()
     }
 
@@ -275,8 +284,10 @@ impl Session {
         self.room_for(len) == Room::Now
     }
 
-    /// Queue a message; it stays until acknowledged.
-    pub fn push(&mut self, now: Instant, payload: Vec<u8>) -> Result<Seq, Backpressure> {
+    /// Queue a message; it stays until acknowledged. A `Vec<u8>` is taken without copying, and so
+    /// is a [`Bytes`] (which lets a caller send one buffer many times without copying it).
+    pub fn push(&mut self, now: Instant, payload: impl Into<Bytes>) -> Result<Seq, Backpressure> {
+        let payload = payload.into();
         let len = payload.len();
         let cfg = &self.cfg.session;
         let (messages, buffered) = (self.replay_len(), self.unacked_bytes());
@@ -331,10 +342,10 @@ impl Session {
     }
 
     /// Payload of message `seq` if it is still held.
-    pub(crate) fn payload(&self, seq: u64) -> Option<&[u8]> {
+    pub(crate) fn payload(&self, seq: u64) -> Option<&Bytes> {
         let idx = usize::try_from(seq.checked_sub(self.peer_acked())?).ok()?;
         let b = self.backlog.as_deref()?;
-        b.replay.get(idx).map(|o| o.payload.as_slice())
+        b.replay.get(idx).map(|o| &o.payload)
     }
 
     /// Classify a received DATA sequence number.
@@ -434,7 +445,7 @@ mod tests {
         assert_eq!(s.push(t, vec![]).unwrap_err().messages, 3);
         s.on_ack(2).unwrap();
         assert_eq!((s.unacked(), s.unacked_bytes()), (1, 0));
-        assert_eq!(s.payload(2), Some(&[][..]));
+        assert_eq!(s.payload(2).map(|p| &p[..]), Some(&[][..]));
         assert_eq!(s.payload(1), None);
         assert_eq!(s.on_ack(9), Err(SessionError::BadAck { acked: 9, sent: 3 }));
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vitals::{Client, ClientConfig, ClientEvent, Server, ServerConfig, ServerEvent};
+use vitals::{Bytes, Client, ClientConfig, ClientEvent, Server, ServerConfig, ServerEvent};
 
 const MESSAGE: usize = 64 * 1024;
 
@@ -82,7 +82,9 @@ async fn through_vitals(
     let start = Instant::now();
     let before = delivered.load(Ordering::Relaxed);
     let sending = tokio::spawn(async move {
-        let chunk = vec![7u8; MESSAGE];
+        // One buffer sent again and again, as the raw TCP writer does: `Bytes` shares it (the
+        // replay buffer holds a reference until the server acknowledges the message).
+        let chunk = Bytes::from(vec![7u8; MESSAGE]);
         while start.elapsed() < secs {
             if sender.send(chunk.clone()).await.is_err() {
                 break;
@@ -91,6 +93,9 @@ async fn through_vitals(
     });
     let mut rtt = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut probe = tokio::time::interval(interval);
+    // A late tick must not be followed by an early one: probes closer than half the interval
+    // collect ping strikes (the server's rate rule).
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while start.elapsed() < secs {
         tokio::select! {
             _ = probe.tick() => client.ping()?,

@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use vitals_proto::{
-    CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError, Session,
+    Bytes, BytesMut, CloseCode, Config as ProtoConfig, Connection, Event, Role, Room, SendError,
+    Session,
 };
 
 use crate::backoff::Backoff;
@@ -38,23 +39,68 @@ use crate::config::{ClientConfig, Codec};
 use crate::error::Error;
 use crate::event::{ClientEvent, DisconnectReason};
 use crate::metrics as m;
+use crate::outbox::Outbox;
 use crate::socket::SocketOptions;
 use crate::tls::{Fed, feed, write_out};
 
 /// First size of a connection's read buffer; it doubles while reads fill it, up to [`READ_BUF_MAX`], so
-/// that an idle heartbeating client holds 2 KiB, not 64.
+/// that an idle heartbeating client holds 2 KiB, not 256.
 const READ_BUF_MIN: usize = 2 * 1024;
 /// Largest read buffer.
-const READ_BUF_MAX: usize = 64 * 1024;
+const READ_BUF_MAX: usize = 256 * 1024;
+/// Largest read buffer of a TLS connection (ciphertext; records are at most 16 KiB).
+const TLS_READ_BUF_MAX: usize = 64 * 1024;
 /// Most bytes gathered from the core per write.
 const OUT_BATCH: usize = 256 * 1024;
 
 /// Where the task answers one `send`.
 type Reply = oneshot::Sender<Result<(), Error>>;
 
+/// Messages queued between `send` and the task (besides the replay buffer).
+const SEND_QUEUE: usize = 32;
+
 #[derive(Debug)]
 enum Cmd {
-    Send { payload: Vec<u8>, done: Reply },
+    /// A message. `done` is answered once the core took it (JSON codec, whose validity check
+    /// happens there); binary sends are not answered: `send` returns once the message is queued
+    /// here, and the queue's bound carries the back-pressure (see [`Client::send`]).
+    Send { payload: Bytes, done: Option<Reply> },
+}
+
+/// Answers a `send` that waits for its answer; an unanswered one that failed is logged (it cannot
+/// happen: `send` checks the size first, and room is waited for).
+fn answer(done: Option<Reply>, r: Result<(), Error>) {
+    match (done, r) {
+        (Some(done), r) => {
+            let _ = done.send(r);
+        }
+        (None, Err(e)) => tracing::error!(error = %e, "a queued message could not be sent"),
+        (None, Ok(())) => {}
+    }
+}
+
+/// What `send` checks before queueing, from the configuration.
+#[derive(Debug, Clone, Copy)]
+struct SendCheck {
+    /// Largest message the send buffer can ever hold.
+    max_len: usize,
+    /// Wait for the task's answer (JSON codec: the core checks the payload is one JSON object).
+    confirm: bool,
+}
+
+impl SendCheck {
+    fn new(cfg: &ClientConfig) -> SendCheck {
+        match cfg.codec {
+            Codec::Binary => SendCheck {
+                max_len: cfg.proto.session.max_replay_bytes,
+                confirm: false,
+            },
+            Codec::Json => SendCheck {
+                max_len: cfg.json.max_send_queue,
+                confirm: true,
+            },
+        }
+    }
 }
 
 /// Control requests, on their own channel so that they are heard even while a send waits for room.
@@ -72,6 +118,7 @@ enum Ctl {
 /// [`close`](Self::close) for that).
 pub struct Client {
     cmds: mpsc::Sender<Cmd>,
+    check: SendCheck,
     ctl: mpsc::UnboundedSender<Ctl>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
     task: JoinHandle<()>,
@@ -87,12 +134,14 @@ impl Client {
     /// Starts the client task on the current tokio runtime. It connects in the background; watch
     /// [`next_event`](Self::next_event) for [`ClientEvent::Connected`].
     pub fn connect(cfg: ClientConfig) -> Client {
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel(SEND_QUEUE);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
+        let check = SendCheck::new(&cfg);
         let task = tokio::spawn(Task::new(cfg, cmd_rx, ctl_rx, ev_tx).run());
         Client {
             cmds: cmd_tx,
+            check,
             ctl: ctl_tx,
             events,
             task,
@@ -102,14 +151,23 @@ impl Client {
     /// Queues a message. Waits while the replay buffer is full (back-pressure) — also while
     /// disconnected, once the buffer is full. Errors: [`Error::Rejected`] for a message that can never
     /// fit or is not valid in the codec, [`Error::Shutdown`] after close.
-    pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
-        send_via(&self.cmds, payload).await
+    ///
+    /// Binary codec: returns once the message is queued for the connection's task, which moves it
+    /// into the replay buffer in order (no round trip per message). Besides the replay buffer, at most
+    /// 32 messages wait in that queue; while both are full, `send` waits. A message queued when the
+    /// client is dropped or closed is not sent (as for the replay buffer, whose session ends then).
+    ///
+    /// Takes a `Vec<u8>` or a [`Bytes`](crate::Bytes) without copying it (a `Bytes` can be sent many
+    /// times, each send sharing the buffer); its bytes go to the socket from there.
+    pub async fn send(&self, payload: impl Into<Bytes>) -> Result<(), Error> {
+        send_via(&self.cmds, self.check, payload.into()).await
     }
 
     /// A cloneable sending handle, for sending from other tasks while this one reads events.
     pub fn sender(&self) -> ClientSender {
         ClientSender {
             cmds: self.cmds.clone(),
+            check: self.check,
             ctl: self.ctl.clone(),
         }
     }
@@ -153,13 +211,14 @@ impl Client {
 #[derive(Clone, Debug)]
 pub struct ClientSender {
     cmds: mpsc::Sender<Cmd>,
+    check: SendCheck,
     ctl: mpsc::UnboundedSender<Ctl>,
 }
 
 impl ClientSender {
     /// Same as [`Client::send`].
-    pub async fn send(&self, payload: Vec<u8>) -> Result<(), Error> {
-        send_via(&self.cmds, payload).await
+    pub async fn send(&self, payload: impl Into<Bytes>) -> Result<(), Error> {
+        send_via(&self.cmds, self.check, payload.into()).await
     }
 
     /// Same as [`Client::flush`].
@@ -179,13 +238,30 @@ async fn flush_via(ctl: &mpsc::UnboundedSender<Ctl>) -> Result<(), Error> {
     wait.await.map_err(|_| Error::Shutdown)
 }
 
-async fn send_via(cmds: &mpsc::Sender<Cmd>, payload: Vec<u8>) -> Result<(), Error> {
+async fn send_via(cmds: &mpsc::Sender<Cmd>, check: SendCheck, payload: Bytes) -> Result<(), Error> {
+    if payload.len() > check.max_len {
+        return Err(Error::Rejected(TOO_LARGE.into()));
+    }
+    if !check.confirm {
+        return cmds
+            .send(Cmd::Send {
+                payload,
+                done: None,
+            })
+            .await
+            .map_err(|_| Error::Shutdown);
+    }
     let (done, wait) = oneshot::channel();
-    cmds.send(Cmd::Send { payload, done })
-        .await
-        .map_err(|_| Error::Shutdown)?;
+    cmds.send(Cmd::Send {
+        payload,
+        done: Some(done),
+    })
+    .await
+    .map_err(|_| Error::Shutdown)?;
     wait.await.map_err(|_| Error::Shutdown)?
 }
+
+const TOO_LARGE: &str = "message larger than the replay buffer";
 
 impl Drop for Client {
     fn drop(&mut self) {
@@ -218,7 +294,7 @@ struct Task {
     /// `flush` callers waiting for everything to be acknowledged.
     flushers: Vec<oneshot::Sender<()>>,
     /// A message waiting for room in the replay buffer.
-    blocked: Option<(Vec<u8>, Reply)>,
+    blocked: Option<(Bytes, Option<Reply>)>,
     /// Session kept between connections.
     session: Option<Session>,
     /// Messages to re-send in a fresh session after the old one was lost.
@@ -338,8 +414,23 @@ impl Task {
         }
     }
 
+    /// Hands a message to the core if it has room for it now; keeps it as `blocked` otherwise.
+    fn offer(&mut self, proto: &mut Connection, payload: Bytes, done: Option<Reply>) {
+        match proto.room_for(payload.len()) {
+            Room::Now => {
+                let r = proto
+                    .send(Instant::now(), payload)
+                    .map(|_| ())
+                    .map_err(send_error);
+                answer(done, r);
+            }
+            Room::Later => self.blocked = Some((payload, done)),
+            Room::Never => answer(done, Err(Error::Rejected(TOO_LARGE.into()))),
+        }
+    }
+
     fn fail_blocked(&mut self) {
-        if let Some((_, done)) = self.blocked.take() {
+        if let Some((_, Some(done))) = self.blocked.take() {
             let _ = done.send(Err(Error::Shutdown));
         }
     }
@@ -355,7 +446,7 @@ impl Task {
                         // Accept into the stored session while it has room.
                         Some(session) if session.has_room(payload.len()) => {
                             let r = session.push(Instant::now(), payload).map(|_| ()).map_err(|e| Error::Backpressure(e.to_string()));
-                            let _ = done.send(r);
+                            answer(done, r);
                         }
                         _ => self.blocked = Some((payload, done)),
                     },
@@ -420,12 +511,19 @@ impl Task {
                 tracing::warn!(error = %e, "could not re-send a message after a lost session");
             }
         }
+        let tls_read_buf = if tls.is_some() {
+            vec![0; READ_BUF_MIN]
+        } else {
+            Vec::new()
+        };
         let mut conn = ConnIo {
             stream,
             tls,
-            buf: vec![0; READ_BUF_MIN],
+            buf: tls_read_buf,
+            rbuf: BytesMut::new(),
+            read_room: READ_BUF_MIN,
+            outbox: Outbox::default(),
             out: Vec::new(),
-            out_off: 0,
         };
         let mut connected_at = None;
         let mut closing = false;
@@ -440,29 +538,24 @@ impl Task {
         }
         let mut reason: Option<DisconnectReason> = None;
         loop {
-            // Room freed by acks: take the blocked message.
+            // Room freed by acks: take the blocked message, then whatever else is queued.
             if let Some((payload, done)) = self.blocked.take() {
-                match proto.room_for(payload.len()) {
-                    Room::Now => {
-                        let r = proto
-                            .send(Instant::now(), payload)
-                            .map(|_| ())
-                            .map_err(send_error);
-                        let _ = done.send(r);
-                    }
-                    Room::Later => self.blocked = Some((payload, done)),
-                    Room::Never => {
-                        let _ = done.send(Err(Error::Rejected(
-                            "message larger than the replay buffer".into(),
-                        )));
-                    }
-                }
+                self.offer(&mut proto, payload, done);
+            }
+            while self.blocked.is_none()
+                && let Ok(Cmd::Send { payload, done }) = self.cmds.try_recv()
+            {
+                self.offer(&mut proto, payload, done);
             }
             if let Err(e) = conn.flush(&mut proto) {
                 reason = Some(DisconnectReason::from_io(&e));
                 break;
             }
-            if !self.flushers.is_empty() && self.blocked.is_none() && proto.unacked() == 0 {
+            if !self.flushers.is_empty()
+                && self.blocked.is_none()
+                && self.cmds.is_empty()
+                && proto.unacked() == 0
+            {
                 for done in self.flushers.drain(..) {
                     let _ = done.send(());
                 }
@@ -549,16 +642,7 @@ impl Task {
                     }
                 }
                 cmd = self.cmds.recv(), if self.blocked.is_none() => match cmd {
-                    Some(Cmd::Send { payload, done }) => match proto.room_for(payload.len()) {
-                        Room::Now => {
-                            let r = proto.send(Instant::now(), payload).map(|_| ()).map_err(send_error);
-                            let _ = done.send(r);
-                        }
-                        Room::Later => self.blocked = Some((payload, done)),
-                        Room::Never => {
-                            let _ = done.send(Err(Error::Rejected("message larger than the replay buffer".into())));
-                        }
-                    },
+                    Some(Cmd::Send { payload, done }) => self.offer(&mut proto, payload, done),
                     None => {
                         closing = true;
                         proto.close(CloseCode::Normal, "client dropped");
@@ -659,16 +743,23 @@ struct ConnIo {
     stream: TcpStream,
     /// TLS between the socket and the core, when configured.
     tls: Option<Box<rustls::ClientConnection>>,
+    /// TLS: the read buffer (ciphertext).
     buf: Vec<u8>,
+    /// Plaintext: the input buffer (see `read_plain`).
+    rbuf: BytesMut,
+    /// Plaintext: room to keep in `rbuf` for one read.
+    read_room: usize,
+    /// Plaintext output waiting for the socket (DATA chunks uncopied, written with `writev`).
+    outbox: Outbox,
+    /// TLS: the core's output before encryption.
     out: Vec<u8>,
-    out_off: usize,
 }
 
 impl ConnIo {
     fn has_pending(&self) -> bool {
         match &self.tls {
             Some(tls) => tls.wants_write(),
-            None => self.out_off < self.out.len(),
+            None => !self.outbox.is_empty(),
         }
     }
 
@@ -678,29 +769,26 @@ impl ConnIo {
             return flush_tls(tls, &self.stream, proto, &mut self.out);
         }
         loop {
-            if !self.has_pending() {
-                self.out.clear();
-                self.out_off = 0;
-                while self.out.len() < OUT_BATCH && proto.poll_transmit(&mut self.out) > 0 {}
-                if self.out.is_empty() {
-                    return Ok(());
-                }
+            if self.outbox.is_empty() && self.outbox.fill(proto, OUT_BATCH) == 0 {
+                return Ok(());
             }
-            match self.stream.try_write(&self.out[self.out_off..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out_off += n;
-                    metrics::counter!(m::BYTES_OUT).increment(n as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let stream = &self.stream;
+            let n = self
+                .outbox
+                .write_with(|iov| stream.try_write_vectored(iov))?;
+            metrics::counter!(m::BYTES_OUT).increment(n as u64);
+            if !self.outbox.is_empty() {
+                // The socket is full.
+                return Ok(());
             }
         }
     }
 
     /// Reads what is there into the core. `Some(reason)` when the connection ended.
     fn read(&mut self, proto: &mut Connection) -> Option<DisconnectReason> {
+        if self.tls.is_none() {
+            return self.read_plain(proto);
+        }
         loop {
             match self.stream.try_read(&mut self.buf) {
                 Ok(0) => return Some(DisconnectReason::Eof),
@@ -724,8 +812,38 @@ impl ConnIo {
                             }
                         },
                     }
-                    if n == self.buf.len() && n < READ_BUF_MAX {
+                    if n == self.buf.len() && n < TLS_READ_BUF_MAX {
                         self.buf.resize(n * 2, 0);
+                    }
+                    if proto.is_closed() {
+                        return None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(DisconnectReason::from_io(&e)),
+            }
+        }
+    }
+}
+
+impl ConnIo {
+    /// Plaintext: reads into `rbuf`, the connection's input buffer, which keeps an incomplete frame
+    /// in place and shares large DATA chunks with the application (no copy); its room doubles
+    /// while reads fill it, from [`READ_BUF_MIN`] up to [`READ_BUF_MAX`].
+    fn read_plain(&mut self, proto: &mut Connection) -> Option<DisconnectReason> {
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_room {
+                self.rbuf.reserve(self.read_room);
+            }
+            let room = self.rbuf.capacity() - self.rbuf.len();
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Some(DisconnectReason::Eof),
+                Ok(n) => {
+                    metrics::counter!(m::BYTES_IN).increment(n as u64);
+                    proto.handle_input_buf(Instant::now(), &mut self.rbuf);
+                    if n == room && self.read_room < READ_BUF_MAX {
+                        self.read_room = (self.read_room * 2).min(READ_BUF_MAX);
                     }
                     if proto.is_closed() {
                         return None;

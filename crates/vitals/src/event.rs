@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use vitals_proto::{CloseCode, RttStats, SessionId};
+use vitals_proto::{Bytes, CloseCode, RttStats, SessionId};
 
 /// Why a connection ended. Each cause is distinct so that dashboards and alerts can tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,8 +143,9 @@ pub enum ServerEvent {
         conn: ConnId,
         /// Its session (binary mode).
         session: Option<SessionId>,
-        /// The bytes.
-        payload: Vec<u8>,
+        /// The bytes. A large message shares the connection's input buffer (no copy was made);
+        /// keeping it keeps that buffer alive, so copy out what you keep for long.
+        payload: Bytes,
     },
     /// A new RTT sample.
     Rtt {
@@ -166,7 +167,7 @@ pub enum ServerEvent {
         /// The connection.
         conn: ConnId,
         /// The message, untouched.
-        payload: Vec<u8>,
+        payload: Bytes,
         /// Why: the send buffer is full (wait for acknowledgements), the session is not confirmed yet,
         /// or the message is larger than the whole buffer.
         reason: &'static str,
@@ -205,7 +206,7 @@ pub enum ClientEvent {
         replayed: usize,
     },
     /// An application message from the server.
-    Message(Vec<u8>),
+    Message(Bytes),
     /// A new RTT sample.
     Rtt(RttStats),
     /// Phi-accrual suspicion crossed its threshold.

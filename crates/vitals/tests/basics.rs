@@ -33,7 +33,7 @@ async fn messages_flow_both_ways_and_rtt_samples_arrive() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"hello server");
+    assert_eq!(&got[..], b"hello server");
 
     server
         .handle()
@@ -44,7 +44,7 @@ async fn messages_flow_both_ways_and_rtt_samples_arrive() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"hello client");
+    assert_eq!(&got[..], b"hello client");
 
     // Silence of one interval makes each side ping; each pong is an RTT sample.
     let rtt = client_event(&mut client, Duration::from_secs(5), |e| match e {
@@ -109,7 +109,7 @@ async fn a_silent_peer_is_convicted_and_others_are_unaffected() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"still here");
+    assert_eq!(&got[..], b"still here");
 }
 
 /// A client bound to another loopback source address (how `vitals bench` gets past the ephemeral port
@@ -160,16 +160,29 @@ async fn close_does_not_hang_while_offline_with_a_blocked_send() {
     cfg.backoff.base = Duration::from_millis(20);
     let client = Client::connect(cfg);
     let sender = client.sender();
-    let blocked = tokio::spawn(async move { sender.send(b"waits".to_vec()).await });
+    // Offline without a session, nothing goes into a replay buffer: the first message waits in
+    // the task, the next ones fill the send queue, and then a send waits for room.
+    let blocked = tokio::spawn(async move {
+        let mut queued = 0;
+        loop {
+            if let Err(e) = sender.send(b"waits".to_vec()).await {
+                return (queued, e);
+            }
+            queued += 1;
+        }
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!blocked.is_finished(), "sends did not wait for room");
     tokio::time::timeout(Duration::from_secs(2), client.close())
         .await
         .expect("close returned while a send was blocked");
-    let result = tokio::time::timeout(Duration::from_secs(2), blocked)
+    let (queued, result) = tokio::time::timeout(Duration::from_secs(2), blocked)
         .await
         .expect("the blocked send was answered")
         .unwrap();
-    assert!(matches!(result, Err(vitals::Error::Shutdown)), "{result:?}");
+    assert!(matches!(result, vitals::Error::Shutdown), "{result:?}");
+    // One held by the task, the queue's 32.
+    assert_eq!(queued, 33);
 }
 
 /// A message sent to a connection that is gone comes back as `SendRefused`, never dropped silently.
@@ -195,7 +208,7 @@ async fn a_send_to_a_closed_connection_comes_back() {
         _ => None,
     })
     .await;
-    assert_eq!(payload, b"too late");
+    assert_eq!(&payload[..], b"too late");
     assert_eq!(reason, "connection closed");
 }
 
@@ -238,6 +251,6 @@ async fn a_message_arriving_with_the_fin_is_delivered() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"last words");
+    assert_eq!(&got[..], b"last words");
     server.join().unwrap();
 }

@@ -31,7 +31,7 @@ async fn assert_still_serving(server: &mut Server) {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"ok?");
+    assert_eq!(&got[..], b"ok?");
     client.close().await;
 }
 

@@ -35,6 +35,15 @@ impl SessionStore for SharedStore {
 
 const TOTAL: u64 = 100_000;
 
+/// How far the sender of `restarts_and_forced_disconnects_lose_and_duplicate_nothing` may run ahead
+/// of the messages the test has read: `send` returns once a message is queued, so without this the
+/// server's event queue could hold thousands of messages of a connection the test already
+/// disconnected, and a "disconnect after every N" would hit a connection that is gone.
+const AHEAD: u64 = 2_000;
+
+/// Messages a test has read so far (across server instances).
+type Read = Arc<std::sync::atomic::AtomicU64>;
+
 /// What one server instance saw.
 struct Seen {
     received: Vec<u64>,
@@ -44,7 +53,7 @@ struct Seen {
 /// Collects `count` messages from `server`, disconnecting the client's connection after every `every`.
 /// Fails (never hangs) if they have not all arrived within a minute: RTT events keep arriving while
 /// messages do not, so the per-event timeout alone would not end the wait.
-async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
+async fn serve(server: &mut Server, count: usize, every: usize, read: &Read) -> Seen {
     let handle = server.handle();
     let mut seen = Seen {
         received: Vec::new(),
@@ -71,6 +80,7 @@ async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
         if let ServerEvent::Message { conn, payload, .. } = event {
             seen.received
                 .push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
+            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if seen.received.len().is_multiple_of(every) {
                 handle.disconnect(conn).unwrap();
                 seen.disconnects += 1;
@@ -82,12 +92,13 @@ async fn serve(server: &mut Server, count: usize, every: usize) -> Seen {
 
 /// Stops a server instance abruptly (no drain: connections are dropped without CLOSE) and returns the
 /// messages it had already handed to the application but the test had not read yet.
-async fn stop_abruptly(server: Server) -> Vec<u64> {
+async fn stop_abruptly(server: Server, read: &Read) -> Vec<u64> {
     let mut rest = server.shutdown(Duration::ZERO).await;
     let mut got = Vec::new();
     while let Some(e) = rest.recv().await {
         if let ServerEvent::Message { payload, .. } = e {
             got.push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
+            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
     got
@@ -104,10 +115,15 @@ async fn restarts_and_forced_disconnects_lose_and_duplicate_nothing() {
     client_cfg.backoff.base = Duration::from_millis(10);
     client_cfg.backoff.cap = Duration::from_millis(80);
     let mut client = Client::connect(client_cfg.clone());
+    let read = Read::default();
     let sender = tokio::spawn({
         let sender = client.sender();
+        let read = Arc::clone(&read);
         async move {
             for i in 0..TOTAL {
+                while i > read.load(std::sync::atomic::Ordering::Relaxed) + AHEAD {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 sender.send(i.to_be_bytes().to_vec()).await.unwrap();
             }
         }
@@ -148,20 +164,21 @@ async fn restarts_and_forced_disconnects_lose_and_duplicate_nothing() {
     });
 
     // First instance: 40,000 messages with a forced disconnect after every 7,000 (5), then it is stopped
-    // abruptly (what it had already delivered still counts). The application may lag far behind its
-    // event loop (the event channel is unbounded), so the instance may have delivered many more by
-    // then, and a forced disconnect may name a connection that has already been replaced (a no-op).
-    let mut first = serve(&mut server, 40_000, 7_000).await;
-    first.received.extend(stop_abruptly(server).await);
+    // abruptly (what it had already delivered still counts). The sender stays a bounded distance
+    // ahead of what the test has read, but the application can still lag its event loop (the event
+    // channel is unbounded), so the instance may have delivered more by then, and a forced
+    // disconnect may name a connection that has already been replaced (a no-op).
+    let mut first = serve(&mut server, 40_000, 7_000, &read).await;
+    first.received.extend(stop_abruptly(server, &read).await);
     // Second instance on the same port and store: up to 30,000 more, a disconnect every 9,000.
     let mut server = Server::bind_with_store(cfg.clone(), Box::new(store.clone())).unwrap();
     let second_count = 30_000.min((TOTAL as usize).saturating_sub(first.received.len()));
-    let mut second = serve(&mut server, second_count, 9_000).await;
-    second.received.extend(stop_abruptly(server).await);
+    let mut second = serve(&mut server, second_count, 9_000, &read).await;
+    second.received.extend(stop_abruptly(server, &read).await);
     // Third instance: the rest.
     let mut server = Server::bind_with_store(cfg, Box::new(store.clone())).unwrap();
     let rest = (TOTAL as usize).saturating_sub(first.received.len() + second.received.len());
-    let third = serve(&mut server, rest, usize::MAX).await;
+    let third = serve(&mut server, rest, usize::MAX, &read).await;
     tokio::time::timeout(Duration::from_secs(10), sender)
         .await
         .expect("sender finished")
@@ -219,8 +236,9 @@ async fn a_restart_without_the_sessions_loses_nothing_and_says_so() {
             sender.send(i.to_be_bytes().to_vec()).await.unwrap();
         }
     });
-    let mut first = serve(&mut server, 8_000, usize::MAX).await.received;
-    first.extend(stop_abruptly(server).await);
+    let read = Read::default();
+    let mut first = serve(&mut server, 8_000, usize::MAX, &read).await.received;
+    first.extend(stop_abruptly(server, &read).await);
     let mut server = Server::bind(cfg).unwrap(); // a fresh in-memory store
     let lost = client_event(&mut client, Duration::from_secs(10), |e| match e {
         ClientEvent::SessionLost { resent, .. } => Some(*resent),
@@ -231,7 +249,7 @@ async fn a_restart_without_the_sessions_loses_nothing_and_says_so() {
     let last_first = *first.last().unwrap();
     let mut second = Vec::new();
     while second.last() != Some(&(N - 1)) {
-        second.extend(serve(&mut server, 1, usize::MAX).await.received);
+        second.extend(serve(&mut server, 1, usize::MAX, &read).await.received);
     }
     tokio::time::timeout(Duration::from_secs(10), sending)
         .await

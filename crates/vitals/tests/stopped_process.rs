@@ -102,5 +102,5 @@ async fn a_sigstopped_peer_process_is_convicted_and_others_are_unaffected() {
         _ => None,
     })
     .await;
-    assert_eq!(got, b"unaffected");
+    assert_eq!(&got[..], b"unaffected");
 }

@@ -35,7 +35,7 @@ fn serves_a_classic_client_split_reads_newlines_and_data() {
         ev,
         vec![Event::Message {
             seq: vitals_proto::Seq(0),
-            payload: b"{\"chat\":\"hi }{\"}".to_vec()
+            payload: vitals_proto::Bytes::from_static(b"{\"chat\":\"hi }{\"}")
         }]
     );
     // A server never pings a classic client; it convicts after timeout of silence.

@@ -1,6 +1,7 @@
 //! Integration suite: the protocol on virtual time through a two-peer simulator.
 
 mod auth;
+mod bulk;
 mod decoders;
 mod enforcement;
 mod json_compat;

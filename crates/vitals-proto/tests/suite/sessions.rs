@@ -138,7 +138,7 @@ fn large_messages_are_chunked_and_control_frames_go_first() {
     server.handle_input(t0, &wire);
     let got: Vec<Vec<u8>> = std::iter::from_fn(|| server.poll_event())
         .filter_map(|e| match e {
-            Event::Message { payload, .. } => Some(payload),
+            Event::Message { payload, .. } => Some(payload.to_vec()),
             _ => None,
         })
         .collect();
@@ -430,7 +430,7 @@ fn receiver_drops_a_replayed_duplicate_and_rejects_a_gap() {
     server.handle_input(t0, &bytes);
     let msgs: Vec<Vec<u8>> = std::iter::from_fn(|| server.poll_event())
         .filter_map(|e| match e {
-            Event::Message { payload, .. } => Some(payload),
+            Event::Message { payload, .. } => Some(payload.to_vec()),
             _ => None,
         })
         .collect();

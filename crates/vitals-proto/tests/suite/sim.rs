@@ -233,7 +233,7 @@ impl Pair {
                 side.conn.resolve_resume(now, store);
             }
             if let Event::Message { payload, .. } = &e {
-                side.received.push(payload.clone());
+                side.received.push(payload.to_vec());
             }
             side.events.push((now, e));
         }

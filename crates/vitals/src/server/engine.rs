@@ -14,7 +14,8 @@
 //! output is written into it and its records go to the socket. Refused records stay inside rustls, so a
 //! TLS connection's backlog is "rustls still wants to write", with the same stall rules.
 
-use std::io;
+use std::collections::HashMap;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -24,14 +25,17 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tokio::sync::mpsc::UnboundedSender;
-use vitals_proto::{CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys};
+use vitals_proto::{
+    Bytes, CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys,
+};
 use vitals_timer::{Jitter, Wheel};
 
-use super::conn::{Backlog, Conn, read_into, write_some};
+use super::conn::{Backlog, BulkBuf, BulkPool, Conn, read_bulk, read_into, write_some};
 use super::shared::{Command, Shared, generation_stride};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
 use crate::metrics as m;
+use crate::outbox::Outbox;
 use crate::socket::SocketOptions;
 use crate::tls::{Fed, feed, write_out};
 
@@ -53,6 +57,20 @@ const MAX_RESERVED_PER_LOOP: usize = 1 << 20;
 /// How long a closing connection may take to flush its last bytes (CLOSE frame) outside a drain.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// A wake-up that reads less than this from a streaming connection, leaving its buffer empty, ends
+/// its streaming mode.
+const BULK_EXIT: usize = 16 * 1024;
+
+/// How long a loop keeps its pool of input allocations after its last streaming connection ebbed.
+const BULK_POOL_KEEP: Duration = Duration::from_secs(1);
+
+/// The input buffer of a connection that data is streaming into.
+struct BulkIn {
+    /// The connection's generation (the slab index is reused after a teardown).
+    generation: u32,
+    buf: BulkBuf,
+}
+
 /// One event loop's state.
 pub(crate) struct Loop {
     shard: u16,
@@ -68,6 +86,20 @@ pub(crate) struct Loop {
     shared: Arc<Shared>,
     events: UnboundedSender<ServerEvent>,
     scratch: Vec<u8>,
+    /// Input buffers of the plaintext connections that data is streaming into (a read filled the
+    /// scratch buffer), by slab index; dropped when the stream ebbs, so idle connections own none.
+    bulk: HashMap<usize, BulkIn>,
+    /// Connections that stopped reading at their budget for one turn (index, generation, the peer's
+    /// FIN was seen): read again on the next turn, after this one's events and writes.
+    reread: Vec<(usize, u32, bool)>,
+    /// Input allocations kept for reuse by streaming connections; released once none has been
+    /// streaming for [`BULK_POOL_KEEP`].
+    bulk_pool: BulkPool,
+    /// When a connection of this loop last streamed.
+    bulk_seen: Instant,
+    /// Plaintext output of the connection being flushed (DATA chunks are not copied into it).
+    outbox: Outbox,
+    /// TLS: the core's output before encryption.
     out: Vec<u8>,
     next_generation: u32,
     /// See [`generation_stride`].
@@ -135,7 +167,12 @@ impl Loop {
             commands,
             events,
             scratch: vec![0; SCRATCH],
-            out: Vec::with_capacity(OUT_BATCH),
+            bulk: HashMap::new(),
+            reread: Vec::new(),
+            bulk_pool: BulkPool::default(),
+            bulk_seen: Instant::now(),
+            outbox: Outbox::default(),
+            out: Vec::new(),
             next_generation: u32::from(shard),
             generation_stride: generation_stride(shared.cfg.loops.clamp(1, usize::from(u16::MAX))),
             jitter: Jitter::seeded(),
@@ -160,10 +197,14 @@ impl Loop {
                 self.close_all(now);
                 return;
             }
-            let timeout = self
-                .wheel
-                .next_deadline()
-                .map(|d| self.wait_for(d.saturating_duration_since(now)));
+            let timeout = if self.reread.is_empty() {
+                self.wheel
+                    .next_deadline()
+                    .map(|d| self.wait_for(d.saturating_duration_since(now)))
+            } else {
+                // Connections stopped reading at their budget: only look for other events.
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -193,6 +234,21 @@ impl Loop {
                         self.service(idx, now);
                     }
                 }
+            }
+            for (idx, generation, read_closed) in std::mem::take(&mut self.reread) {
+                if self
+                    .conns
+                    .get(idx)
+                    .is_some_and(|c| c.generation == generation)
+                {
+                    self.read(idx, now, read_closed);
+                    self.touched.push(idx);
+                }
+            }
+            if !self.bulk.is_empty() {
+                self.bulk_seen = now;
+            } else if !self.bulk_pool.is_empty() && now >= self.bulk_seen + BULK_POOL_KEEP {
+                self.bulk_pool.clear();
             }
             self.expire(now);
             self.service_touched(now);
@@ -374,14 +430,49 @@ impl Loop {
             return;
         }
         let Conn {
-            stream, proto, tls, ..
+            stream,
+            proto,
+            tls,
+            generation,
+            ..
         } = conn;
+        if tls.is_none()
+            && let Some(bulk) = self.bulk.get_mut(&idx)
+            && bulk.generation == *generation
+        {
+            // Data is streaming in: read into the connection's own buffer, whose large DATA chunks
+            // reach the application without a copy.
+            let pool = &mut self.bulk_pool;
+            let (n, ended, more) = read_bulk(stream, &mut bulk.buf, pool, read_closed, |buf| {
+                proto.handle_input_buf(now, buf);
+                !proto.is_closed()
+            });
+            metrics::counter!(m::BYTES_IN).increment(n as u64);
+            if more {
+                self.reread.push((idx, *generation, read_closed));
+            }
+            if n < BULK_EXIT
+                && bulk.buf.len() == 0
+                && let Some(bulk) = self.bulk.remove(&idx)
+            {
+                // The stream has ebbed: back to the shared scratch buffer.
+                bulk.buf.retire(&mut self.bulk_pool);
+            }
+            if let Some(reason) = ended {
+                conn.break_with(reason);
+            }
+            return;
+        }
         // Only what reaches the protocol core is a sign of life: with TLS, decrypted application bytes.
         let mut tls_end = None;
+        let mut filled = false;
         let (n, ended) = read_into(stream, &mut self.scratch, read_closed, |chunk| match tls {
             None => {
                 proto.handle_input(now, chunk);
-                !proto.is_closed()
+                // A full read: data is streaming in. Stop here; the rest is read into a buffer of
+                // the connection's own (see `read_bulk`), on the next turn of the loop.
+                filled = chunk.len() == SCRATCH;
+                !proto.is_closed() && !filled
             }
             Some(tls) => match feed(tls, chunk, |plain| {
                 proto.handle_input(now, plain);
@@ -400,6 +491,18 @@ impl Loop {
             },
         });
         metrics::counter!(m::BYTES_IN).increment(n as u64);
+        if filled && ended.is_none() && !conn.proto.is_closed() {
+            // A read filled the scratch buffer: data is streaming in. Further reads go into a buffer
+            // of the connection's own (see `read_bulk`).
+            self.bulk.insert(
+                idx,
+                BulkIn {
+                    generation: conn.generation,
+                    buf: BulkBuf::default(),
+                },
+            );
+            self.reread.push((idx, conn.generation, read_closed));
+        }
         if let Some(reason) = tls_end {
             if let DisconnectReason::Tls(detail) = &reason {
                 tracing::debug!(peer = %conn.peer(), error = %detail, "TLS failure");
@@ -624,6 +727,13 @@ impl Loop {
             return None;
         }
         let mut conn = self.conns.remove(idx);
+        if let Some(bulk) = self.bulk.remove(&idx) {
+            if bulk.buf.len() > 0 {
+                // The start of a frame read into the connection's own buffer goes with the connection.
+                conn.proto.handle_input(Instant::now(), bulk.buf.as_slice());
+            }
+            bulk.buf.retire(&mut self.bulk_pool);
+        }
         if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
             tracing::warn!(error = %e, "deregister failed; closing the connection");
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
@@ -726,27 +836,24 @@ impl Loop {
         } else {
             (|| -> io::Result<()> {
                 if let Some(backlog) = conn.backlog.as_mut() {
-                    let n = write_some(&mut conn.stream, &backlog.bytes)?;
-                    written += n;
-                    backlog.bytes.drain(..n);
-                    if !backlog.bytes.is_empty() {
+                    let stream = &mut conn.stream;
+                    written += backlog.out.write_with(|iov| stream.write_vectored(iov))?;
+                    if !backlog.out.is_empty() {
                         return Ok(());
                     }
                     conn.backlog = None;
                 }
                 loop {
-                    self.out.clear();
-                    while self.out.len() < OUT_BATCH && conn.proto.poll_transmit(&mut self.out) > 0
-                    {
-                    }
-                    if self.out.is_empty() {
+                    if self.outbox.fill(&mut conn.proto, OUT_BATCH) == 0 {
                         return Ok(());
                     }
-                    let n = write_some(&mut conn.stream, &self.out)?;
-                    written += n;
-                    if n < self.out.len() {
+                    let stream = &mut conn.stream;
+                    written += self.outbox.write_with(|iov| stream.write_vectored(iov))?;
+                    if !self.outbox.is_empty() {
+                        // The socket is full: the rest (DATA chunks still shared, not copied)
+                        // waits with the connection.
                         conn.backlog = Some(Box::new(Backlog {
-                            bytes: self.out[n..].to_vec(),
+                            out: std::mem::take(&mut self.outbox),
                             since: now,
                         }));
                         return Ok(());
@@ -755,6 +862,8 @@ impl Loop {
             })()
             .map_err(|e| DisconnectReason::from_io(&e))
         };
+        // After an error, what was gathered for this connection must not go to the next one.
+        self.outbox.clear();
         metrics::counter!(m::BYTES_OUT).increment(written as u64);
         if let Err(reason) = result {
             conn.break_with(reason);
@@ -763,7 +872,7 @@ impl Loop {
         if conn
             .backlog
             .as_ref()
-            .is_some_and(|b| b.bytes.len() > max_buffer)
+            .is_some_and(|b| b.out.len() > max_buffer)
         {
             conn.break_with(DisconnectReason::WriteStall);
             return;
@@ -823,6 +932,9 @@ impl Loop {
             return;
         }
         let mut conn = self.conns.remove(idx);
+        if let Some(bulk) = self.bulk.remove(&idx) {
+            bulk.buf.retire(&mut self.bulk_pool);
+        }
         let id = self.id(idx, conn.generation);
         // The session the application knows of (read before the core gives its session up).
         let reported = conn.session();
@@ -925,7 +1037,7 @@ impl Loop {
     }
 
     /// Queues `payload` on live connection `idx`, or hands it back as `SendRefused`.
-    fn queue_message(&mut self, idx: usize, conn: ConnId, payload: Vec<u8>, now: Instant) {
+    fn queue_message(&mut self, idx: usize, conn: ConnId, payload: Bytes, now: Instant) {
         let binary = self.shared.cfg.codec == Codec::Binary;
         let c = &mut self.conns[idx];
         let reason = match c.proto.room_for(payload.len()) {
@@ -959,7 +1071,7 @@ impl Loop {
         &mut self,
         conn: ConnId,
         session: Option<SessionId>,
-        payload: Vec<u8>,
+        payload: Bytes,
         now: Instant,
     ) {
         let mut payload = Some(payload);
@@ -1081,7 +1193,7 @@ fn flush_tls(
             }
             backlog.get_or_insert_with(|| {
                 Box::new(Backlog {
-                    bytes: Vec::new(),
+                    out: Outbox::default(),
                     since: now,
                 })
             });

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use mio::Poll;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use vitals_proto::{CloseCode, MemoryStore, SessionId, SessionStore};
+use vitals_proto::{Bytes, CloseCode, MemoryStore, SessionId, SessionStore};
 
 use crate::config::ServerConfig;
 use crate::error::Error;
@@ -170,11 +170,13 @@ impl Drop for Server {
 impl ServerHandle {
     /// Queues `payload` on connection `conn`. If the message cannot be queued (the connection closed
     /// meanwhile, or its send buffer is full), it comes back as [`ServerEvent::SendRefused`].
-    pub fn send(&self, conn: ConnId, payload: Vec<u8>) -> Result<(), Error> {
+    ///
+    /// Takes a `Vec<u8>` or a [`Bytes`](crate::Bytes) without copying it.
+    pub fn send(&self, conn: ConnId, payload: impl Into<Bytes>) -> Result<(), Error> {
         let cmd = Command::Send {
             conn,
             session: None,
-            payload,
+            payload: payload.into(),
         };
         if self.shared.to_loop_of(conn, cmd) {
             Ok(())
@@ -188,7 +190,12 @@ impl ServerHandle {
     /// follows the session the same way. Errors: [`Error::NotFound`] for an unknown session,
     /// [`Error::Backpressure`] when a detached session's replay buffer is full; a message that cannot
     /// be queued later comes back as [`ServerEvent::SendRefused`].
-    pub fn send_to_session(&self, session: SessionId, payload: Vec<u8>) -> Result<(), Error> {
+    pub fn send_to_session(
+        &self,
+        session: SessionId,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let payload = payload.into();
         let mut sessions = self.shared.sessions();
         if let Some(conn) = sessions.route(session) {
             drop(sessions);

@@ -18,7 +18,7 @@ pub(crate) enum Command {
     Send {
         conn: ConnId,
         session: Option<SessionId>,
-        payload: Vec<u8>,
+        payload: vitals_proto::Bytes,
     },
     /// Close a connection with a code and reason.
     Close {
