@@ -8,7 +8,13 @@ import sys
 
 W, H = 900, 380
 PANEL_W, PANEL_H = 380, 260
-COLORS = {"vitals": "#1f77b4", "mosquitto": "#d62728"}
+COLORS = {
+    "vitals": "#1f77b4",
+    "vitals-client-driven": "#17becf",
+    "mosquitto": "#d62728",
+    "floor (C epoll, MQTT)": "#7f7f7f",
+    "floor (C epoll, vitals frames)": "#bcbd22",
+}
 
 
 def panel(x0, y0, title, unit, series, xs):
@@ -62,8 +68,8 @@ def main():
     svg += panel(20, 30, "Server RSS per connection", "bytes", series("rss_per_conn_bytes"), xs)
     svg += panel(470, 30, "Server CPU per heartbeat", "µs", series("cpu_per_heartbeat_us"), xs)
     for i, s in enumerate(servers):
-        svg.append(f'<rect x="{330 + i * 140}" y="{H - 28}" width="12" height="12" fill="{COLORS.get(s, "#333")}"/>')
-        svg.append(f'<text x="{346 + i * 140}" y="{H - 18}" font-size="12">{s}</text>')
+        svg.append(f'<rect x="{20 + i * 175}" y="{H - 28}" width="12" height="12" fill="{COLORS.get(s, "#333")}"/>')
+        svg.append(f'<text x="{36 + i * 175}" y="{H - 18}" font-size="11">{s}</text>')
     svg.append("</svg>")
     open(sys.argv[2], "w").write("\n".join(svg))
 

@@ -4,8 +4,9 @@
 #
 #   bench/compare-mosquitto.sh                 # N = 1000 10000 19000, 30 s each (about 5 minutes)
 #   NS="1000 5000" DURATION=10 bench/compare-mosquitto.sh
-#   NS=19000 PAUSE=65 bench/compare-mosquitto.sh   # wait out TIME_WAIT between runs near the port limit
+#   PAUSE=0 NS=19000 bench/compare-mosquitto.sh    # do not wait out TIME_WAIT (see PAUSE below)
 #   LOOPS=2 bench/compare-mosquitto.sh             # vitals with two event loops (default: one)
+#   FLOOR=0 bench/compare-mosquitto.sh             # without the floor row (see below)
 #
 # mosquitto (Debian package, installed here where missing) is driven by bench/mqtt_load.py (standard
 # library only: CONNECT, then PINGREQ every INTERVAL, PINGRESP counted); vitals by `vitals bench`.
@@ -13,16 +14,21 @@
 # two-sided liveness, and with --client-driven (the server only answers, like an MQTT broker).
 # vitals runs LOOPS event loops (default 1: one event-loop thread, as mosquitto has; on a 2-core box
 # the load generator needs the other core).
-# Output: a table with the ratios vitals/mosquitto, bench/results/compare.json and compare.svg.
+# The "floor" row: bench/floor/mqtt_floor.c, a minimal single-threaded epoll server that only answers
+# CONNECT and PINGREQ, driven by the same MQTT load generator: what the kernel charges for a loopback
+# heartbeat on this machine, below which no server can go.
+# Output: a table with the ratios to mosquitto, bench/results/compare.json and compare.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NS="${NS:-1000 10000 19000}"
 DURATION="${DURATION:-30}"
 INTERVAL="${INTERVAL:-1}"
-# Seconds to wait between runs: closed client sockets sit in TIME_WAIT for 60 s, and at 19,000
-# connections the next run would not find enough ephemeral ports (127.0.0.1-3 share one range).
-PAUSE="${PAUSE:-0}"
+# Seconds to wait before each run at N >= 15,000: closed client sockets sit in TIME_WAIT for 60 s, and
+# at 19,000 connections the next run would not find enough ephemeral ports (127.0.0.1-3 share one
+# range). Smaller N do not wait.
+PAUSE="${PAUSE:-65}"
 LOOPS="${LOOPS:-1}"
+FLOOR="${FLOOR:-1}"
 OUT=bench/results
 mkdir -p "$OUT"
 
@@ -33,6 +39,10 @@ fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 cargo build --release -q -p vitals-cli
 VITALS=target/release/vitals
+if [ "$FLOOR" = 1 ]; then
+  mkdir -p target/bench
+  cc -O2 -o target/bench/floor bench/floor/floor.c
+fi
 ulimit -n 20000
 
 tmp=$(mktemp -d)
@@ -51,27 +61,52 @@ run_mosquitto() { # N
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+run_floor_mqtt() { # N
+  local port; port=$(free_port)
+  target/bench/floor "$port" mqtt & local pid=$!; pids+=("$pid"); sleep 0.3
+  python3 bench/mqtt_load.py --port "$port" -n "$1" --interval "$INTERVAL" --keepalive 10 \
+    --duration "$DURATION" --warmup 3 --server-pid "$pid" \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); r['server']='floor (C epoll, MQTT)'; print(json.dumps(r))" || true
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 run_vitals() { # N label extra-serve-flags...
   local n=$1 label=$2; shift 2
   local port; port=$(free_port)
   "$VITALS" serve --listen "127.0.0.1:$port" --interval "${INTERVAL}s" --timeout 10s \
     --max-connections 30000 --loops "$LOOPS" "$@" >"$tmp/serve.log" 2>&1 & local pid=$!; pids+=("$pid")
   for _ in $(seq 50); do grep -q "listening on" "$tmp/serve.log" && break; sleep 0.1; done
+  drive_vitals "$n" "$label" "$port" "$pid"
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_floor_vitals() { # N
+  local port; port=$(free_port)
+  target/bench/floor "$port" vitals & local pid=$!; pids+=("$pid"); sleep 0.3
+  drive_vitals "$1" "floor (C epoll, vitals frames)" "$port" "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+drive_vitals() { # N label port pid: `vitals bench` against the server listening on port
+  local n=$1 label=$2 port=$3 pid=$4
   "$VITALS" bench --server "127.0.0.1:$port" -n "$n" --duration "${DURATION}s" --interval "${INTERVAL}s" \
     --timeout 10s --server-pid "$pid" --json 2>/dev/null \
     | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'server':'$label','loops':$LOOPS,'connections':r['connections'],'lost_connections':r['lost'],'heartbeats':r['heartbeats'],'heartbeats_per_s':round(r['heartbeats_per_s'],1),'rss_per_conn_bytes':r['server_rss_per_connection_bytes'],'cpu_per_heartbeat_us':r['server_cpu_per_heartbeat_us'],'server_cpu_s':r['server_cpu_seconds'],'rtt_p99_us':r['rtt_us']['p99']}))" || true
-  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 echo "{\"machine\": \"$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores\", \"duration_s\": $DURATION, \"interval_s\": $INTERVAL, \"runs\": [" > "$OUT/compare.json"
 first=1
 for n in $NS; do
-  for which in mosquitto vitals vitals-client-driven; do
-    [ "$first" = 1 ] || sleep "$PAUSE"
+  servers="mosquitto vitals vitals-client-driven"
+  [ "$FLOOR" = 1 ] && servers="$servers floor-mqtt floor-vitals"
+  for which in $servers; do
+    if [ "$first" != 1 ] && [ "$n" -ge 15000 ]; then sleep "$PAUSE"; fi
     case $which in
       mosquitto) line=$(run_mosquitto "$n") ;;
       vitals) line=$(run_vitals "$n" vitals) ;;
       vitals-client-driven) line=$(run_vitals "$n" vitals-client-driven --client-driven) ;;
+      floor-mqtt) line=$(run_floor_mqtt "$n") ;;
+      floor-vitals) line=$(run_floor_vitals "$n") ;;
     esac
     echo "$line" >&2
     [ -n "$line" ] || continue
@@ -87,15 +122,24 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 runs = d["runs"]
 print(f"machine: {d['machine']}; {d['duration_s']} s per run, ping every {d['interval_s']} s")
-print(f"{'N':>6} {'server':<22} {'RSS/conn B':>10} {'CPU/hb us':>10} {'hb/s':>9} {'lost':>5}  ratio RSS  ratio CPU")
+print(f"{'N':>6} {'server':<31} {'RSS/conn B':>10} {'CPU/hb us':>10} {'hb/s':>9} {'lost':>5}  ratio RSS  ratio CPU  CPU x floor")
+print("(ratios: to mosquitto at the same N; CPU x floor: to the floor server driven by the same load generator)")
 for n in sorted({r["connections"] for r in runs}):
-    base = next((r for r in runs if r["server"] == "mosquitto" and r["connections"] == n), None)
-    for r in [r for r in runs if r["connections"] == n]:
+    at_n = [r for r in runs if r["connections"] == n]
+    base = next((r for r in at_n if r["server"] == "mosquitto"), None)
+    floors = {
+        "mqtt": next((r for r in at_n if r["server"] == "floor (C epoll, MQTT)"), None),
+        "vitals": next((r for r in at_n if r["server"] == "floor (C epoll, vitals frames)"), None),
+    }
+    for r in at_n:
         lost = r.get("lost_connections", 0)
-        ratios = ""
+        ratios = " " * 22
         if base and r is not base and base["rss_per_conn_bytes"] and base["cpu_per_heartbeat_us"]:
             ratios = f"  {r['rss_per_conn_bytes'] / base['rss_per_conn_bytes']:9.2f}  {r['cpu_per_heartbeat_us'] / base['cpu_per_heartbeat_us']:9.2f}"
-        print(f"{n:>6} {r['server']:<22} {r['rss_per_conn_bytes']:>10.0f} {r['cpu_per_heartbeat_us']:>10.2f} {r['heartbeats_per_s']:>9.0f} {lost:>5}{ratios}")
+        kind = "mqtt" if r["server"] == "mosquitto" else "vitals" if r["server"].startswith("vitals") else None
+        floor = floors.get(kind)
+        over = f"  {r['cpu_per_heartbeat_us'] / floor['cpu_per_heartbeat_us']:11.2f}" if floor and floor["cpu_per_heartbeat_us"] else ""
+        print(f"{n:>6} {r['server']:<31} {r['rss_per_conn_bytes']:>10.0f} {r['cpu_per_heartbeat_us']:>10.2f} {r['heartbeats_per_s']:>9.0f} {lost:>5}{ratios}{over}")
 PY
 python3 bench/chart.py "$OUT/compare.json" "$OUT/compare.svg"
 echo "wrote $OUT/compare.json and $OUT/compare.svg"
