@@ -179,7 +179,7 @@ impl RxData {
     }
 }
 
-/// A binary-protocol connection: 200 bytes, and no heap of its own while it idles.
+/// A binary-protocol connection: 192 bytes, and no heap of its own while it idles.
 #[derive(Debug)]
 pub(crate) struct Binary {
     /// Always present (it carries the shared config); `HAS_SESSION` says whether it is the
