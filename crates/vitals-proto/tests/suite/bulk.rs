@@ -61,22 +61,26 @@ fn wire_of_big_messages(c: &mut Connection, t0: Instant) -> (Vec<u8>, Vec<Vec<u8
     (wire, sent)
 }
 
+/// Piece sizes to cut the wire into: single bytes, inside and around the 5-byte header and the 17-byte
+/// DATA head (22, 23), a page, around a whole 64 KiB frame (65,558 = 5 + 17 + 65,536), and whole.
+const SPLITS: [usize; 12] = [
+    1,
+    5,
+    21,
+    22,
+    23,
+    1000,
+    4096,
+    65_535,
+    65_558,
+    65_559,
+    100_000,
+    usize::MAX,
+];
+
 #[test]
 fn a_64k_message_arrives_whole_and_in_pieces_through_handle_input() {
-    for split in [
-        1,
-        5,
-        21,
-        22,
-        23,
-        1000,
-        4096,
-        65_535,
-        65_558,
-        65_559,
-        100_000,
-        usize::MAX,
-    ] {
+    for split in SPLITS {
         let (mut c, mut s, t0) = connected(Config::default());
         let (wire, sent) = wire_of_big_messages(&mut c, t0);
         for piece in wire.chunks(split.min(wire.len())) {
@@ -90,20 +94,7 @@ fn a_64k_message_arrives_whole_and_in_pieces_through_handle_input() {
 
 #[test]
 fn a_64k_message_arrives_whole_and_in_pieces_through_handle_input_buf() {
-    for split in [
-        1,
-        5,
-        21,
-        22,
-        23,
-        1000,
-        4096,
-        65_535,
-        65_558,
-        65_559,
-        100_000,
-        usize::MAX,
-    ] {
+    for split in SPLITS {
         let (mut c, mut s, t0) = connected(Config::default());
         let (wire, sent) = wire_of_big_messages(&mut c, t0);
         let mut buf = BytesMut::new();

@@ -120,7 +120,6 @@ fn outcome(c: &mut Connection) -> Vec<String> {
 /// first `first` bytes through `handle_input`, the rest appended to a buffer in pieces of `split2`),
 /// with small limits: the same messages, the same close, and the buffer never above the limit.
 fn feed_both_paths(bytes: &[u8], split: usize, split2: usize, first: usize) {
-    let t0 = Instant::now();
     let cfg = Config {
         limits: Limits {
             max_frame_size: 64,
@@ -128,20 +127,7 @@ fn feed_both_paths(bytes: &[u8], split: usize, split2: usize, first: usize) {
         },
         ..Config::default()
     };
-    let mut a = Connection::server(t0, cfg, crate::sim::keys(1));
-    let mut b = Connection::server(t0, cfg, crate::sim::keys(1));
-    for piece in bytes.chunks(split.max(1)) {
-        a.handle_input(t0, piece);
-    }
-    let first = first.min(bytes.len());
-    b.handle_input(t0, &bytes[..first]);
-    let mut buf = vitals_proto::BytesMut::new();
-    for piece in bytes[first..].chunks(split2.max(1)) {
-        buf.extend_from_slice(piece);
-        b.handle_input_buf(t0, &mut buf);
-        assert!(buf.len() <= cfg.limits.max_buffered);
-    }
-    assert_eq!(outcome(&mut a), outcome(&mut b));
+    feed_both_paths_cfg(cfg, bytes, split, split2, first);
 }
 
 /// A server that completed its handshake with a client, and the client's bytes carrying
