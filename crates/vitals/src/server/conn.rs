@@ -65,6 +65,8 @@ pub(crate) struct Ending {
     pub(crate) linger_until: Option<Instant>,
     /// Close with this code once everything queued has been written (graceful drain).
     pub(crate) close_when_flushed: Option<vitals_proto::CloseCode>,
+    /// Everything, CLOSE included, has been written and our FIN sent: waiting for the peer's.
+    pub(crate) fin_sent: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -150,6 +152,11 @@ impl Conn {
         self.broken = true;
     }
 
+    /// The recorded reason, if the connection is ending.
+    pub(crate) fn reason(&self) -> Option<&DisconnectReason> {
+        self.ending.as_ref().and_then(|e| e.reason.as_ref())
+    }
+
     /// Takes the recorded reason.
     pub(crate) fn take_reason(&mut self) -> Option<DisconnectReason> {
         self.ending.as_mut().and_then(|e| e.reason.take())
@@ -171,6 +178,15 @@ impl Conn {
         self.ending
             .as_mut()
             .and_then(|e| e.close_when_flushed.take())
+    }
+
+    /// Our FIN went out after the last bytes (see [`Ending::fin_sent`]).
+    pub(crate) fn fin_sent(&self) -> bool {
+        self.ending.as_ref().is_some_and(|e| e.fin_sent)
+    }
+
+    pub(crate) fn set_fin_sent(&mut self) {
+        self.ending_mut().fin_sent = true;
     }
 
     pub(crate) fn has_backlog(&self) -> bool {

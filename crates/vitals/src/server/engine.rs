@@ -598,13 +598,35 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
-        if conn.broken || (conn.proto.is_closed() && !conn.has_backlog()) {
+        // Waiting for the peer's FIN is for an orderly close of a live, well-behaved peer (drain,
+        // max age, the application's close, the peer's own CLOSE). A peer convicted of silence is
+        // gone, and one closed for abuse or a protocol error gets no more of our time: for those the
+        // CLOSE is best effort and the socket closes at once.
+        let orderly = matches!(
+            conn.reason(),
+            Some(
+                DisconnectReason::Shutdown
+                    | DisconnectReason::MaxAge
+                    | DisconnectReason::LocalClose { .. }
+                    | DisconnectReason::PeerClosed { .. }
+            )
+        );
+        if conn.broken || (!orderly && conn.proto.is_closed() && !conn.has_backlog()) {
             self.teardown(idx, now);
             return;
         }
         if conn.proto.is_closed() {
-            // Its CLOSE (and what was queued before it) is still being written: linger briefly.
+            // Its CLOSE (and what was queued before it) is still being written, or has been and the
+            // peer's FIN is awaited: linger briefly, discarding input.
             conn.set_linger(linger_end);
+            if !conn.has_backlog() && !conn.fin_sent() {
+                // Everything is out: send FIN and read on until the peer's (or the linger's end).
+                // Closing the socket now could reset the connection instead — the peer's last
+                // frames (its acks) unread here make the kernel send RST, and a RST can destroy
+                // the CLOSE before the peer reads it.
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                conn.set_fin_sent();
+            }
         }
         self.arm(idx);
     }
