@@ -157,19 +157,17 @@ fn no_allocation_per_heartbeat(mut p: Pair) -> Pair {
     p
 }
 
-#[test]
-fn binary_heartbeats_allocate_nothing_and_idle_connections_keep_only_their_state() {
-    let cfg = Arc::new(Config {
-        liveness: liveness(),
-        ..Config::default()
-    });
+/// Runs the pair `make` builds through the handshake and 1000 heartbeats (which must allocate
+/// nothing), then drops the client and returns the heap bytes the server alone still holds.
+fn heap_kept_by_an_idle_server(make: impl FnOnce(Instant) -> (Connection, Connection)) -> i64 {
     let t0 = Instant::now();
     let wire = Vec::with_capacity(4096);
     let base = counts();
+    let (client, server) = make(t0);
     let p = Pair {
         now: t0,
-        client: Connection::client(t0, cfg.clone()),
-        server: Connection::server(t0, cfg.clone(), keys()),
+        client,
+        server,
         wire,
         pings: 0,
         rtts: 0,
@@ -185,10 +183,25 @@ fn binary_heartbeats_allocate_nothing_and_idle_connections_keep_only_their_state
     let kept = counts().live - base.live;
     drop(server);
     assert_eq!(counts().live, base.live, "nothing left behind");
+    drop(wire);
+    kept
+}
+
+#[test]
+fn binary_heartbeats_allocate_nothing_and_idle_connections_keep_only_their_state() {
+    let cfg = Arc::new(Config {
+        liveness: liveness(),
+        ..Config::default()
+    });
+    let kept = heap_kept_by_an_idle_server(|t0| {
+        (
+            Connection::client(t0, cfg.clone()),
+            Connection::server(t0, cfg.clone(), keys()),
+        )
+    });
     // (Printed only now: captured output allocates.)
     eprintln!("binary server connection: {kept} heap bytes kept while idle");
     assert_eq!(kept, 0, "{kept} heap bytes kept while idle");
-    drop(wire);
 }
 
 #[test]
@@ -197,30 +210,14 @@ fn json_heartbeats_allocate_nothing_and_idle_connections_keep_only_their_state()
         liveness: liveness(),
         ..JsonConfig::default()
     });
-    let t0 = Instant::now();
-    let wire = Vec::with_capacity(4096);
-    let base = counts();
-    let p = Pair {
-        now: t0,
-        client: Connection::json(t0, Role::Client, cfg.clone()),
-        server: Connection::json(t0, Role::Server, cfg.clone()),
-        wire,
-        pings: 0,
-        rtts: 0,
-    };
-    let Pair {
-        client,
-        server,
-        wire,
-        ..
-    } = no_allocation_per_heartbeat(p);
-    drop(client);
-    let kept = counts().live - base.live;
-    drop(server);
-    assert_eq!(counts().live, base.live, "nothing left behind");
+    let kept = heap_kept_by_an_idle_server(|t0| {
+        (
+            Connection::json(t0, Role::Client, cfg.clone()),
+            Connection::json(t0, Role::Server, cfg.clone()),
+        )
+    });
     eprintln!("JSON server connection: {kept} heap bytes kept while idle");
     assert_eq!(kept, 0, "{kept} heap bytes kept while idle");
-    drop(wire);
 }
 
 /// A `Config` passed by value (as a runtime holding a plain `Config` does) is shared between
