@@ -110,17 +110,7 @@ fn run_across_max_age_cuts(n: usize) -> CutRun {
         "--http",
         "127.0.0.1:0",
     ]);
-    let mut child = std::process::Command::new(bin())
-        .args([
-            "connect",
-            &d.addr.to_string(),
-            "--interval",
-            "200ms",
-            "--timeout",
-            "1s",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
+    let mut child = connect_command(d.addr)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

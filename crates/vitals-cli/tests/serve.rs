@@ -3,7 +3,6 @@
 
 mod serve_util;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use assert_cmd::Command;
@@ -117,21 +116,7 @@ fn sigterm_drains_connections_and_exits_0() {
         "127.0.0.1:0",
     ]);
     // A connected client that stays (stdin kept open).
-    let client = std::process::Command::new(bin())
-        .args([
-            "connect",
-            &d.addr.to_string(),
-            "--interval",
-            "200ms",
-            "--timeout",
-            "1s",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let client = connect_command(d.addr).spawn().unwrap();
     let _client = Guard(client);
     let s = d.wait_status(Duration::from_secs(10), |s| {
         s["connections"]["established"] == 1

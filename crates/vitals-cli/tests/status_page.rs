@@ -80,19 +80,7 @@ fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
 
 fn connect_client(d: &Daemon) -> Guard {
     Guard(
-        Command::new(bin())
-            .args([
-                "connect",
-                &d.addr.to_string(),
-                "--interval",
-                "200ms",
-                "--timeout",
-                "1s",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        connect_command(d.addr)
             .spawn()
             .expect("start vitals connect"),
     )

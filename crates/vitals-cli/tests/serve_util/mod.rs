@@ -156,6 +156,26 @@ impl Drop for Daemon {
     }
 }
 
+/// `vitals connect ADDR` with the tests' timing (200 ms interval, 1 s timeout) and warnings-only logs;
+/// stdin piped (the client stays while it is open), stdout and stderr discarded unless the caller
+/// sets them.
+pub(crate) fn connect_command(addr: SocketAddr) -> Command {
+    let mut c = Command::new(bin());
+    c.args([
+        "connect",
+        &addr.to_string(),
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+    ])
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
 /// A child process killed on drop (clients started by a test).
 pub(crate) struct Guard(pub(crate) Child);
 
