@@ -31,7 +31,7 @@ use vitals_proto::{
 use vitals_timer::{Jitter, Wheel};
 
 use super::conn::{Backlog, BulkBuf, BulkPool, Conn, read_bulk, read_into, write_some};
-use super::shared::{Command, Shared, generation_stride};
+use super::shared::{Command, Shared};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
 use crate::metrics as m;
@@ -102,7 +102,7 @@ pub(crate) struct Loop {
     /// TLS: the core's output before encryption.
     out: Vec<u8>,
     next_generation: u32,
-    /// See [`generation_stride`].
+    /// See [`Sessions::generation_stride`](super::shared::Sessions::generation_stride).
     generation_stride: u32,
     jitter: Jitter,
     socket_options: SocketOptions,
@@ -156,6 +156,8 @@ impl Loop {
             .min(MAX_RESERVED_PER_LOOP);
         let wheel = Wheel::with_tick(Instant::now(), shared.cfg.tick, share)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // The stride the session table decodes routes with (one source for both).
+        let generation_stride = shared.sessions().generation_stride();
         Ok(Loop {
             shard,
             poll,
@@ -174,7 +176,7 @@ impl Loop {
             outbox: Outbox::default(),
             out: Vec::new(),
             next_generation: u32::from(shard),
-            generation_stride: generation_stride(shared.cfg.loops.clamp(1, usize::from(u16::MAX))),
+            generation_stride,
             jitter: Jitter::seeded(),
             socket_options: SocketOptions::for_timeout(timeout),
             stall_limit: timeout,

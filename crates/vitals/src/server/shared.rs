@@ -90,6 +90,11 @@ impl Sessions {
         }
     }
 
+    /// The step between the generations one loop hands out (see [`generation_stride`]).
+    pub(crate) fn generation_stride(&self) -> u32 {
+        self.shard_mask + 1
+    }
+
     /// Where sends for `session` go, if anywhere.
     pub(crate) fn route(&self, session: SessionId) -> Option<ConnId> {
         self.routes.get(&session).map(|r| ConnId {
