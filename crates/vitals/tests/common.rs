@@ -126,3 +126,24 @@ pub async fn assert_convicted_at_timeout(
         "convicted late: {elapsed:?}"
     );
 }
+
+/// Counts the messages a test has read, so that a sender can stay a bounded distance ahead of them:
+/// the server's event channel is unbounded, and without pacing the application can lag its event
+/// loop by thousands of messages (a "disconnect after message N" then names a connection already
+/// replaced).
+#[derive(Clone, Default)]
+pub struct ReadCount(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl ReadCount {
+    /// `n` more messages were read.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits until message `i` is at most `ahead` past the messages read.
+    pub async fn wait_until_within(&self, i: u64, ahead: u64) {
+        while i > self.0.load(std::sync::atomic::Ordering::Relaxed) + ahead {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}

@@ -42,7 +42,7 @@ const TOTAL: u64 = 100_000;
 const AHEAD: u64 = 2_000;
 
 /// Messages a test has read so far (across server instances).
-type Read = Arc<std::sync::atomic::AtomicU64>;
+type Read = ReadCount;
 
 /// What one server instance saw.
 struct Seen {
@@ -80,7 +80,7 @@ async fn serve(server: &mut Server, count: usize, every: usize, read: &Read) -> 
         if let ServerEvent::Message { conn, payload, .. } = event {
             seen.received
                 .push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
-            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            read.add(1);
             if seen.received.len().is_multiple_of(every) {
                 handle.disconnect(conn).unwrap();
                 seen.disconnects += 1;
@@ -98,7 +98,7 @@ async fn stop_abruptly(server: Server, read: &Read) -> Vec<u64> {
     while let Some(e) = rest.recv().await {
         if let ServerEvent::Message { payload, .. } = e {
             got.push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
-            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            read.add(1);
         }
     }
     got
@@ -118,12 +118,10 @@ async fn restarts_and_forced_disconnects_lose_and_duplicate_nothing() {
     let read = Read::default();
     let sender = tokio::spawn({
         let sender = client.sender();
-        let read = Arc::clone(&read);
+        let read = read.clone();
         async move {
             for i in 0..TOTAL {
-                while i > read.load(std::sync::atomic::Ordering::Relaxed) + AHEAD {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+                read.wait_until_within(i, AHEAD).await;
                 sender.send(i.to_be_bytes().to_vec()).await.unwrap();
             }
         }

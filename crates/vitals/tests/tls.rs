@@ -154,15 +154,13 @@ async fn messages_rtt_and_lossless_resume_over_tls() {
     // The sender stays at most `AHEAD` messages ahead of what the test has read, so that the
     // application (behind an unbounded event channel) does not lag the connections by thousands.
     const AHEAD: u64 = 500;
-    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let read = ReadCount::default();
     let sender = client.sender();
     let sending = tokio::spawn({
-        let read = std::sync::Arc::clone(&read);
+        let read = read.clone();
         async move {
             for i in 0..N {
-                while i > read.load(std::sync::atomic::Ordering::Relaxed) + AHEAD {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+                read.wait_until_within(i, AHEAD).await;
                 sender.send(i.to_be_bytes().to_vec()).await.unwrap();
             }
         }
@@ -181,7 +179,7 @@ async fn messages_rtt_and_lossless_resume_over_tls() {
             .expect("server stopped");
         if let ServerEvent::Message { conn, payload, .. } = event {
             received.push(u64::from_be_bytes(payload[..8].try_into().unwrap()));
-            read.store(received.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            read.add(1);
             if received.len() >= next_mark && !disconnected.contains(&conn) {
                 handle.disconnect(conn).unwrap();
                 disconnected.push(conn);
