@@ -56,18 +56,21 @@ run_mosquitto() { # N
   local port; port=$(free_port)
   printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nlog_dest none\n' "$port" > "$tmp/m.conf"
   "$MOSQUITTO" -c "$tmp/m.conf" & local pid=$!; pids+=("$pid"); sleep 0.5
-  python3 bench/mqtt_load.py --port "$port" -n "$1" --interval "$INTERVAL" --keepalive 10 \
-    --duration "$DURATION" --warmup 3 --server-pid "$pid" || true
+  drive_mqtt "$1" mosquitto "$port" "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 run_floor_mqtt() { # N
   local port; port=$(free_port)
   target/bench/floor "$port" mqtt & local pid=$!; pids+=("$pid"); sleep 0.3
-  python3 bench/mqtt_load.py --port "$port" -n "$1" --interval "$INTERVAL" --keepalive 10 \
-    --duration "$DURATION" --warmup 3 --server-pid "$pid" \
-    | python3 -c "import json,sys; r=json.load(sys.stdin); r['server']='floor (C epoll, MQTT)'; print(json.dumps(r))" || true
+  drive_mqtt "$1" "floor (C epoll, MQTT)" "$port" "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+drive_mqtt() { # N label port pid: bench/mqtt_load.py against the broker listening on port
+  python3 bench/mqtt_load.py --port "$3" -n "$1" --interval "$INTERVAL" --keepalive 10 \
+    --duration "$DURATION" --warmup 3 --server-pid "$4" \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); r['server']=sys.argv[1]; print(json.dumps(r))" "$2" || true
 }
 
 run_vitals() { # N label extra-serve-flags...
