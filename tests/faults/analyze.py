@@ -240,6 +240,32 @@ def stall(a):
     return res
 
 
+def json_stall(a):
+    srv, crowd = f"{a.dir}/server.log", f"{a.dir}/classic.log"
+    after = lambda p: a.mark <= int(p[1]) <= (a.end or 1 << 62)
+    closed = [p for p in lines(srv, "CLOSED") if after(p)]
+    stalls = [p for p in lines(srv, "STALL") if after(p)]
+    summary = summary_kv(crowd, "CLASSIC")
+    n, connected, crowd_closed, answered = (int(x) for x in summary[1:5]) if summary else (0, 0, -1, 0)
+    res = {"scenario": "json_stall", "clients": a.n, "stop_ms": a.stop_ms, "timeout_ms": a.timeout_ms,
+           "interval_ms": a.interval_ms, "server_closed": dict(Counter(p[3] for p in closed)),
+           "server_stall_events": len(stalls), "stall_late_by_ms": dist([int(p[2]) / 1000 for p in stalls]),
+           "clients_connected": connected, "clients_closed": crowd_closed,
+           "clients_answered_after_stall": answered}
+    print(f"JSON codec, server SIGSTOP {a.stop_ms} ms (timeout {a.timeout_ms} ms); {a.n} classic clients "
+          f"pinging every {a.interval_ms} ms")
+    show("server stall guard: timers late by", res["stall_late_by_ms"])
+    print(f"  server closes after the stop {res['server_closed']}; clients closed {crowd_closed}; "
+          f"answered after the stall {answered}/{connected}")
+    check(summary is not None, "the classic crowd printed its summary")
+    check(connected == a.n, f"all {a.n} classic clients connected (got {connected})")
+    check(not closed, f"0 connections closed by the server after the stop (got {len(closed)}: {res['server_closed']})")
+    check(crowd_closed == 0, f"0 classic clients saw their connection closed (got {crowd_closed})")
+    check(answered == a.n, f"every classic client was answered after the stall (got {answered})")
+    check(len(stalls) > 0, "the server's local-stall guard fired")
+    return res
+
+
 def max_window_share(times_ms, window_ms):
     t = sorted(times_ms)
     best, j = 0, 0
@@ -345,6 +371,7 @@ def main():
     if not a.mark_before:
         a.mark_before = a.mark
     res = {"blackhole": blackhole, "halfopen": halfopen, "soak": soak, "stall": stall,
+           "json_stall": json_stall,
            "crash": crash, "seq": seq}[a.scenario](a)
     res["failures"] = failures
     with open(os.path.join(os.path.dirname(a.dir.rstrip("/")), "results.jsonl"), "a") as f:

@@ -30,6 +30,7 @@ SCENARIOS=(
     "halfopen|bash tests/faults/halfopen.sh"
     "jitter-loss|bash tests/faults/jitter_loss.sh"
     "stall|bash tests/faults/stall.sh"
+    "json-stall|bash tests/faults/json_stall.sh"
     "crash-restart|bash tests/faults/crash.sh"
     "seq-max-age|env MODE=max-age bash tests/faults/seq.sh"
     "seq-kill|env MODE=kill bash tests/faults/seq.sh"

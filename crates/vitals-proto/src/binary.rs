@@ -718,11 +718,8 @@ impl Binary {
                 self.live.on_heartbeat();
                 if self.role == Role::Server {
                     let max = self.cfg().policy.max_ping_strikes;
-                    // Judged on the sender's timestamps (µs → ns), not on arrival: PINGs that the
-                    // kernel queued while we were stalled, or that a delay spike bunched together,
-                    // arrive at once but were sent an interval apart.
-                    let sent = timestamp_us.saturating_mul(1000);
-                    match self.live.on_peer_ping(sent, max) {
+                    // Judged on arrival (the budget in `policy`): a sender's timestamps could be forged.
+                    match self.live.on_peer_ping(now, max) {
                         PingVerdict::Ok => {}
                         PingVerdict::Strike(strikes) => {
                             self.push_event(Event::PingStrike { strikes })
@@ -1127,6 +1124,27 @@ impl Binary {
 
     pub(crate) fn session_id(&self) -> Option<SessionId> {
         self.session().map(|s| s.id())
+    }
+
+    pub(crate) fn session_keys(&self) -> Option<SessionKeys> {
+        self.session().map(|s| s.keys())
+    }
+
+    pub(crate) fn verify_resume(&mut self, keys: &SessionKeys) -> bool {
+        let ok = self.state == State::AwaitResume
+            && self
+                .cold
+                .as_deref()
+                .and_then(|c| c.resume.as_ref())
+                .is_some_and(|(id, token, _)| *id == keys.id && keys.token.ct_eq(token));
+        if !ok && self.state == State::AwaitResume {
+            if let Some(c) = self.cold.as_deref_mut() {
+                c.resume = None;
+            }
+            self.fail_session(SessionError::BadToken);
+            self.tidy();
+        }
+        ok
     }
 
     pub(crate) fn unacked(&self) -> usize {

@@ -332,6 +332,27 @@ impl Connection {
         }
     }
 
+    /// Id and resume token of the session attached to this connection (binary codec).
+    pub fn session_keys(&self) -> Option<SessionKeys> {
+        match &self.inner {
+            Inner::Binary(b) => b.session_keys(),
+            Inner::Json(_) => None,
+        }
+    }
+
+    /// Server: the session a pending resume ([`Event::ResumeRequested`]) names is not in a store
+    /// but held elsewhere, with `keys` (attached to another live connection, say). True if the
+    /// client presented that session's id and token (compared in constant time): the runtime may
+    /// then take the session from its holder and resolve the resume. Otherwise this connection is
+    /// closed with `BadToken` (false), and the holder must be left alone: knowing a session id is
+    /// not owning it.
+    pub fn verify_resume(&mut self, keys: &SessionKeys) -> bool {
+        match &mut self.inner {
+            Inner::Binary(b) => b.verify_resume(keys),
+            Inner::Json(_) => false,
+        }
+    }
+
     /// Messages sent and not yet acknowledged by the peer (binary codec: the replay buffer), or not yet
     /// written (JSON codec, which has no acknowledgements). Zero means everything sent was delivered
     /// (binary) or handed to the transport (JSON).

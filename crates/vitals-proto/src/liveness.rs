@@ -15,13 +15,14 @@
 //!   asked for, our process was paused or starved. That call convicts nobody: silence is
 //!   counted from at most `interval` before this late wake-up (`silence_start =
 //!   max(last_recv, now - interval)`), so a ping goes out at once and conviction needs another
-//!   `timeout - interval` of real, observed silence;
+//!   `timeout - interval` of real, observed silence; and the peer's ping budget is refilled, since
+//!   what it sent meanwhile arrives at once;
 //! - **in-flight guard**: conviction also waits until the first probe of the current silence
 //!   has been unanswered for `srtt + 4 * rttvar` (capped at `timeout`), so a slow but live
 //!   path is not convicted while its answer can still be on the way.
 
 use crate::phi::{PhiConfig, PhiDetector};
-use crate::policy::{PingVerdict, ping_verdict};
+use crate::policy::{PingBudget, PingVerdict};
 use crate::rtt::{CompactRtt, RttStats};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -112,12 +113,11 @@ pub(crate) struct Liveness {
     /// First ping sent in the current silence (the probe whose answer conviction waits for).
     probe_sent: u64,
     deadline: u64,
-    /// When the peer last pinged us (ping-strike rule), and its strikes.
-    peer_ping: u64,
+    /// The peer's ping budget (server side; see `policy`).
+    ping: PingBudget,
     phi: Option<Box<PhiState>>,
     rtt: CompactRtt,
     next_nonce: u32,
-    strikes: u32,
     /// The newest ping sent (nonce `next_nonce - 1`, timestamp `last_ping` in µs) is unanswered.
     outstanding: bool,
     /// The peer drives the heartbeat (a server with a pinging client): our first ping of a silence
@@ -136,7 +136,7 @@ impl Liveness {
             last_ping: NEVER,
             probe_sent: NEVER,
             deadline: 0,
-            peer_ping: NEVER,
+            ping: PingBudget::default(),
             phi: cfg.phi.map(|p| {
                 Box::new(PhiState {
                     detector: PhiDetector::new(p),
@@ -148,7 +148,6 @@ impl Liveness {
             }),
             rtt: CompactRtt::default(),
             next_nonce: 0,
-            strikes: 0,
             outstanding: false,
             passive: false,
         };
@@ -189,6 +188,11 @@ impl Liveness {
     /// With phi-accrual only the times are stored, and the deadline (whose phi part costs more to
     /// compute) is re-armed when it fires.
     pub(crate) fn on_recv(&mut self, now: u64) {
+        if now != self.start {
+            // Inputs passed at one `now` are one read (a runtime hands a TLS read over record by
+            // record): their pings are charged once.
+            self.ping.on_input();
+        }
         self.start = now;
         if let Some(p) = self.phi.as_deref_mut() {
             p.prev_recv = p.last_recv;
@@ -211,12 +215,11 @@ impl Liveness {
         }
     }
 
-    /// The peer pinged us at `now` (its send time where the frame carries one, else the arrival):
-    /// apply the ping-strike rule against the current interval.
+    /// The peer pinged us in the input that arrived at `now`: charge its ping budget (once per
+    /// input) against the current timing.
     pub(crate) fn on_peer_ping(&mut self, now: u64, max_strikes: u32) -> PingVerdict {
-        let prev = std::mem::replace(&mut self.peer_ping, now);
-        let prev = (prev != NEVER).then_some(prev);
-        ping_verdict(prev, now, &mut self.strikes, self.interval, max_strikes)
+        self.ping
+            .on_ping(now, self.interval, self.timeout, max_strikes)
     }
 
     /// Pings sent so far (wrapping): nonces are handed out in sequence from 0.
@@ -283,6 +286,8 @@ impl Liveness {
         if now - self.deadline > nanos(stall_tolerance) {
             v.stalled = true;
             self.start = self.start.max(now.saturating_sub(self.interval));
+            // What the peer sent while we could not read arrives at once: not ping abuse.
+            self.ping.refill();
         }
         let start = self.start;
         if let Some(p) = self.phi.as_deref_mut()

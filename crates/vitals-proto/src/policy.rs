@@ -1,15 +1,21 @@
-//! Timing negotiation (the server caps what it grants) and ping-abuse enforcement (strikes).
+//! Timing negotiation (the server caps what it grants) and ping-abuse enforcement (a ping budget).
 //!
-//! Strike rule: a PING received less than `interval / 2` after the previous PING from the same
-//! peer is a strike; a PING at least `interval` after the previous one clears the strikes. When
-//! strikes reach `max_ping_strikes` the server closes with
-//! [`CloseCode::TooManyPings`](crate::CloseCode::TooManyPings). A compliant vitals peer never
-//! pings twice within one `interval` (it pings only after `interval` of silence), so only
-//! network jitter above `interval / 2` could make it collect a strike.
+//! Ping budget (both codecs, server side): a token bucket on *arrival* times, kept as the
+//! theoretical arrival time of GCRA (one `u64`). It refills one ping every `interval / 2` and holds
+//! `ceil(timeout / interval) + 1` pings, so
+//! - a compliant peer (at most one ping per `interval` of silence, or a classic client pinging every
+//!   `interval`) always finds it full, even with a clock running fast against ours;
+//! - pings bunched by the path or by a peer whose own loop lagged and caught up (at most
+//!   `timeout / interval` of them: a longer lag is a conviction for silence) fit in the burst;
+//! - pings decoded from one read (every input passed at one `now`: e.g. what the kernel queued
+//!   while we were stalled) count once (each is still answered: classic clients may count their
+//!   pongs), and a local stall refills the bucket;
+//! - a peer pinging faster than twice per `interval` drains it whatever its frames say (arrival
+//!   times cannot be forged). Each ping that finds the bucket empty is a strike; at
+//!   `max_ping_strikes` the server closes with [`CloseCode::TooManyPings`](crate::CloseCode::TooManyPings).
+//!   A ping that finds the bucket full again clears the strikes.
 
 use std::time::Duration;
-#[cfg(test)]
-use std::time::Instant;
 
 /// What a server accepts. Proposals are clamped into these ranges, and the timeout is raised
 /// to at least twice the granted interval.
@@ -68,52 +74,68 @@ pub(crate) enum PingVerdict {
     TooMany,
 }
 
-/// The strike rule for one PING received at `now` (any time unit, as long as `prev` and
-/// `interval` use the same), the previous one having arrived at `prev`.
-pub(crate) fn ping_verdict(
-    prev: Option<u64>,
-    now: u64,
-    strikes: &mut u32,
-    interval: u64,
-    max: u32,
-) -> PingVerdict {
-    let Some(prev) = prev else {
-        return PingVerdict::Ok;
-    };
-    let gap = now.saturating_sub(prev);
-    if gap < interval / 2 {
-        *strikes += 1;
-        if *strikes >= max {
-            return PingVerdict::TooMany;
-        }
-        return PingVerdict::Strike(*strikes);
-    }
-    if gap >= interval {
-        *strikes = 0;
-    }
-    PingVerdict::Ok
-}
-
-/// Counts ping strikes of one peer (the connections keep these two fields in their liveness
-/// state; this stand-alone form is what the rule's test drives).
-#[cfg(test)]
+/// One peer's ping budget (see the module docs). Times are nanoseconds on any one clock.
+///
+/// 4-byte aligned (12 bytes), so that in the liveness state it shares a word with a `u32` rather
+/// than taking 16 bytes: that keeps an idle connection's state at its budget (`connection.rs`).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PingEnforcer {
-    last_ping: Option<Instant>,
-    strikes: u32,
+#[repr(C, packed(4))]
+pub(crate) struct PingBudget {
+    /// GCRA's theoretical arrival time: the bucket is full at any `now >= tat`, and holds
+    /// `(burst * step - (tat - now)) / step` pings otherwise.
+    tat: u64,
+    /// Pings that found the bucket empty since it was last full.
+    strikes: u16,
+    /// A ping of the current input was charged already.
+    charged: bool,
 }
 
-#[cfg(test)]
-impl PingEnforcer {
-    pub(crate) fn on_ping(&mut self, now: Instant, interval: Duration, max: u32) -> PingVerdict {
-        let prev = self.last_ping.replace(now);
-        let Some(prev) = prev else {
+impl PingBudget {
+    /// Pings the bucket holds for a timing of `interval` and `timeout`: `ceil(timeout / interval) + 1`.
+    pub(crate) fn burst(interval: u64, timeout: u64) -> u64 {
+        timeout.div_ceil(interval.max(1)).saturating_add(1)
+    }
+
+    /// A new read begins: its first ping is charged, the others are not.
+    pub(crate) fn on_input(&mut self) {
+        self.charged = false;
+    }
+
+    /// A ping arrived at `now` in the current read.
+    pub(crate) fn on_ping(
+        &mut self,
+        now: u64,
+        interval: u64,
+        timeout: u64,
+        max: u32,
+    ) -> PingVerdict {
+        if self.charged {
             return PingVerdict::Ok;
-        };
-        // Nanoseconds since the previous ping: same rule, same unit for both sides.
-        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let gap = ns(now.saturating_duration_since(prev));
-        ping_verdict(Some(0), gap, &mut self.strikes, ns(interval), max)
+        }
+        self.charged = true;
+        let step = (interval / 2).max(1);
+        let tolerance = (Self::burst(interval, timeout) - 1).saturating_mul(step);
+        let tat = self.tat.max(now);
+        if tat - now > tolerance {
+            // Empty: not charged (GCRA leaves the arrival time alone for a non-conforming ping).
+            let strikes = self.strikes.saturating_add(1);
+            self.strikes = strikes;
+            if u32::from(strikes) >= max {
+                return PingVerdict::TooMany;
+            }
+            return PingVerdict::Strike(u32::from(strikes));
+        }
+        if self.tat <= now {
+            self.strikes = 0;
+        }
+        self.tat = tat.saturating_add(step);
+        PingVerdict::Ok
+    }
+
+    /// Our process was stalled: what arrives now was sent while we could not read. Refill.
+    pub(crate) fn refill(&mut self) {
+        self.tat = 0;
+        self.strikes = 0;
     }
 }
 
@@ -137,18 +159,102 @@ mod tests {
         assert_eq!(p.grant(s(30), s(40)), (s(30), s(60)));
     }
 
+    const MS: u64 = 1_000_000;
+
+    fn verdicts(times_ms: &[u64], interval_ms: u64, timeout_ms: u64) -> Vec<PingVerdict> {
+        let mut b = PingBudget::default();
+        times_ms
+            .iter()
+            .map(|t| {
+                b.on_input();
+                b.on_ping(t * MS, interval_ms * MS, timeout_ms * MS, 3)
+            })
+            .collect()
+    }
+
     #[test]
-    fn early_pings_strike_and_spaced_pings_clear() {
-        let t0 = Instant::now();
-        let i = Duration::from_secs(2);
-        let mut e = PingEnforcer::default();
-        assert_eq!(e.on_ping(t0, i, 3), PingVerdict::Ok);
-        let ms = Duration::from_millis;
-        assert_eq!(e.on_ping(t0 + ms(100), i, 3), PingVerdict::Strike(1));
-        assert_eq!(e.on_ping(t0 + ms(200), i, 3), PingVerdict::Strike(2));
-        assert_eq!(e.on_ping(t0 + ms(2200), i, 3), PingVerdict::Ok);
-        assert_eq!(e.on_ping(t0 + ms(2300), i, 3), PingVerdict::Strike(1));
-        assert_eq!(e.on_ping(t0 + ms(2400), i, 3), PingVerdict::Strike(2));
-        assert_eq!(e.on_ping(t0 + ms(2500), i, 3), PingVerdict::TooMany);
+    fn burst_covers_the_timeout_plus_one() {
+        assert_eq!(PingBudget::burst(1000, 3000), 4);
+        assert_eq!(PingBudget::burst(1000, 2500), 4);
+        assert_eq!(PingBudget::burst(15, 45), 4);
+    }
+
+    #[test]
+    fn a_compliant_peer_never_strikes_even_with_a_fast_clock() {
+        // Pings every 990 ms of our clock (its clock 1 % fast) for an hour.
+        let times: Vec<u64> = (1..3600).map(|i| i * 990).collect();
+        assert!(
+            verdicts(&times, 1000, 3000)
+                .iter()
+                .all(|v| *v == PingVerdict::Ok)
+        );
+    }
+
+    #[test]
+    fn a_bunched_burst_after_a_lag_fits() {
+        // Regular pings, then a 2.9 s lag and four pings back to back (separate inputs), then regular.
+        let mut times: Vec<u64> = (1..=10).map(|i| i * 1000).collect();
+        times.extend([12_900, 12_901, 12_902, 12_903, 13_900, 14_900]);
+        assert!(
+            verdicts(&times, 1000, 3000)
+                .iter()
+                .all(|v| *v == PingVerdict::Ok)
+        );
+    }
+
+    #[test]
+    fn pings_of_one_input_count_once() {
+        let mut b = PingBudget::default();
+        for t in 0..1000 {
+            // A flood, but all in one input.
+            assert_eq!(b.on_ping(t * MS, 1000 * MS, 3000 * MS, 3), PingVerdict::Ok);
+        }
+        // Charged once, and long ago: a full burst of four reads fits, the fifth is a strike.
+        for t in 1000..1004 {
+            b.on_input();
+            assert_eq!(b.on_ping(t * MS, 1000 * MS, 3000 * MS, 3), PingVerdict::Ok);
+        }
+        b.on_input();
+        assert_eq!(
+            b.on_ping(1004 * MS, 1000 * MS, 3000 * MS, 3),
+            PingVerdict::Strike(1)
+        );
+    }
+
+    #[test]
+    fn a_flood_strikes_then_closes_and_a_refill_forgives() {
+        // 100 pings/s: four fit, then three strikes.
+        let times: Vec<u64> = (0..7).map(|i| 1000 + i * 10).collect();
+        use PingVerdict::*;
+        let v = verdicts(&times, 1000, 3000);
+        assert_eq!(v, vec![Ok, Ok, Ok, Ok, Strike(1), Strike(2), TooMany]);
+        let mut b = PingBudget::default();
+        for t in &times[..6] {
+            b.on_input();
+            b.on_ping(t * MS, 1000 * MS, 3000 * MS, 3);
+        }
+        b.refill();
+        b.on_input();
+        assert_eq!(b.on_ping(1070 * MS, 1000 * MS, 3000 * MS, 3), Ok);
+    }
+
+    #[test]
+    fn three_pings_per_interval_are_caught_within_a_bounded_time() {
+        // Sustained 3 per interval drains one ping per interval: caught within burst + strikes intervals.
+        let times: Vec<u64> = (0..60).map(|i| 1000 + i * 333).collect();
+        let v = verdicts(&times, 1000, 3000);
+        let closed = v.iter().position(|v| *v == PingVerdict::TooMany);
+        assert!(closed.is_some_and(|i| times[i] < 1000 + 8000), "{v:?}");
+    }
+
+    #[test]
+    fn strikes_clear_once_the_bucket_is_full_again() {
+        use PingVerdict::*;
+        let times = [0, 1, 2, 3, 4, 5, 5000, 5001];
+        // Six in a row: two strikes; 5 s later full again (cleared), then a ping in a new input.
+        assert_eq!(
+            verdicts(&times, 1000, 3000),
+            vec![Ok, Ok, Ok, Ok, Strike(1), Strike(2), Ok, Ok]
+        );
     }
 }

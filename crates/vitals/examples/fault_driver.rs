@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! fault_driver server  --listen ADDR --interval D --timeout D [--client-driven] [--max-age D]
-//!                      [--kill-every D] [--echo] [--loops N] --duration D
+//!                      [--kill-every D] [--echo] [--loops N] [--codec json] --duration D
 //! fault_driver clients --server ADDR --n N --interval D --timeout D [--bind IP] [--connect-rate N/s]
 //!                      [--seq-rate N/s --seq-until-deads K] [--backoff-base D --backoff-cap D]
 //!                      --duration D
+//! fault_driver classic --server ADDR --n N --interval D [--bind IP] --duration D
 //! fault_driver proxy   --listen ADDR --to ADDR --delay D --jitter D --duration D
 //! ```
 //!
@@ -24,6 +25,10 @@
 //!   resumed, `L t idx resent` session lost, `X t idx reason` closed for good, `UP t n` every time all
 //!   `n` clients are connected at once, `STALL t late_us`, and at the end `RTT count p50 p99 max` (µs)
 //!   and `SEQ clients sent echoed gaps dups flushed`.
+//! - classic (plain TCP clients of the JSON codec, writing `{"ping":N}` every interval as GoFrame/gnet
+//!   peers do, never giving up on their server): `UP t n` once all are connected, `MARK t` on SIGUSR1,
+//!   `X t idx` when the server closed one, and at the end `CLASSIC n connected closed answered`, where
+//!   `answered` counts the clients that read a pong after the last `MARK`.
 //! - proxy: `READY t addr`, and at the end `PROXY conns chunks bytes`.
 
 use std::collections::HashMap;
@@ -38,7 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use vitals::{Client, ClientConfig, ClientEvent, ConnId, Server, ServerConfig, ServerEvent};
+use vitals::{Client, ClientConfig, ClientEvent, Codec, ConnId, Server, ServerConfig, ServerEvent};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,6 +66,7 @@ fn main() -> Result<(), BoxError> {
             Capture::install();
             rt.block_on(clients(opts))
         }
+        "classic" => rt.block_on(classic(opts)),
         "proxy" => rt.block_on(proxy(opts)),
         other => Err(format!("unknown mode {other}").into()),
     }
@@ -285,6 +291,11 @@ async fn server(o: Opts) -> Result<(), BoxError> {
     }
     .with_timing(interval, timeout);
     cfg.proto.policy.client_driven = o.flag("client-driven");
+    match o.str("codec") {
+        None | Some("binary") => {}
+        Some("json") => cfg.codec = Codec::Json,
+        Some(other) => return Err(format!("unknown codec {other}").into()),
+    }
     if let Some(n) = o.str("loops") {
         cfg.loops = n.parse()?;
     }
@@ -364,6 +375,111 @@ async fn server(o: Opts) -> Result<(), BoxError> {
     );
     drop(server);
     std::process::exit(0);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// classic JSON clients
+
+/// What the classic crowd saw.
+#[derive(Default)]
+struct Classic {
+    n: usize,
+    connected: AtomicUsize,
+    closed: AtomicUsize,
+    answered: AtomicUsize,
+    /// Bumped by SIGUSR1: pongs read after it count in `answered` (once per client and mark).
+    mark: AtomicUsize,
+}
+
+async fn classic(o: Opts) -> Result<(), BoxError> {
+    let server_addr = o.addr("server")?;
+    let n = o.num("n", 1)? as usize;
+    let interval = o.dur("interval", None)?;
+    let bind: Option<IpAddr> = o.str("bind").map(|s| s.parse()).transpose()?;
+    let limit = o.dur("duration", None)?;
+    let crowd = Arc::new(Classic {
+        n,
+        ..Classic::default()
+    });
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    for idx in 0..n {
+        let crowd = Arc::clone(&crowd);
+        tokio::spawn(async move {
+            if classic_client(server_addr, bind, interval, &crowd)
+                .await
+                .is_err()
+            {
+                crowd.closed.fetch_add(1, Ordering::SeqCst);
+                emit!("X {} {idx}", wall_us());
+            }
+        });
+        if idx % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let stop = stop_signal(limit);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = usr1.recv() => {
+                crowd.mark.fetch_add(1, Ordering::SeqCst);
+                crowd.answered.store(0, Ordering::SeqCst);
+                emit!("MARK {}", wall_us());
+            }
+        }
+    }
+    emit!(
+        "CLASSIC {n} {} {} {}",
+        crowd.connected.load(Ordering::SeqCst),
+        crowd.closed.load(Ordering::SeqCst),
+        crowd.answered.load(Ordering::SeqCst)
+    );
+    std::process::exit(0);
+}
+
+/// One classic client: connects once and pings every `interval` for ever; `Err` once the server
+/// closed it (or it could not connect).
+async fn classic_client(
+    server: SocketAddr,
+    bind: Option<IpAddr>,
+    interval: Duration,
+    crowd: &Classic,
+) -> std::io::Result<()> {
+    let socket = match server {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = bind {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let mut s = socket.connect(server).await?;
+    if crowd.connected.fetch_add(1, Ordering::SeqCst) + 1 == crowd.n {
+        emit!("UP {} {}", wall_us(), crowd.n);
+    }
+    let mut tick = tokio::time::interval(interval);
+    let mut buf = [0u8; 4096];
+    let mut answered_mark = 0;
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                n += 1;
+                s.write_all(format!("{{\"ping\":{n}}}").as_bytes()).await?;
+            }
+            r = s.read(&mut buf) => {
+                let k = r?;
+                if k == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                let mark = crowd.mark.load(Ordering::SeqCst);
+                if mark > answered_mark && buf[..k].windows(7).any(|w| w == b"\"pong\":") {
+                    answered_mark = mark;
+                    crowd.answered.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -77,28 +77,113 @@ async fn half_a_frame_then_silence_is_convicted() {
     assert_still_serving(&mut server).await;
 }
 
+/// Two flooders at 100 pings/s (10 per granted interval), one with honest timestamps and one
+/// whose timestamps are forged a full interval apart, are both closed as ping abuse within a
+/// bounded time (burst and strikes take ~80 ms at this rate; allowed: 2 s), while a client whose
+/// pings bunch (its owed pings in one write after a pause under the timeout) and a vitals client
+/// heartbeating beside them are not touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_is_closed_as_ping_abuse() {
     let mut server = Server::bind(server_config()).unwrap();
-    let mut peer = raw_peer(&server, &hello_bytes());
-    let conn = server_event(&mut server, Duration::from_secs(5), |e| match e {
+    let mut live = Client::connect(client_config(&server));
+    let live_conn = server_event(&mut server, Duration::from_secs(5), |e| match e {
         ServerEvent::Connected { conn, .. } => Some(*conn),
         _ => None,
     })
     .await;
-    let flood = std::thread::spawn(move || {
-        for nonce in 0..2000u32 {
-            let mut ping = Vec::new();
-            frame::encode_ping(&mut ping, FrameType::Ping, nonce, u64::from(nonce));
-            if peer.write_all(&ping).is_err() {
-                return true; // the server closed us
+    let mut bunched = raw_peer(&server, &hello_bytes());
+    let bunched_conn = server_event(&mut server, Duration::from_secs(5), |e| match e {
+        ServerEvent::Connected { conn, .. } => Some(*conn),
+        _ => None,
+    })
+    .await;
+    let bunching = std::thread::spawn(move || {
+        let ping = |n: u32| {
+            let mut v = Vec::new();
+            frame::encode_ping(&mut v, FrameType::Ping, n, u64::from(n) * 100_000);
+            v
+        };
+        for round in 0..4u32 {
+            // On time for a while, then silent for 3/4 of the timeout and the owed pings at once.
+            for n in 0..5 {
+                bunched.write_all(&ping(round * 100 + n)).unwrap();
+                std::thread::sleep(INTERVAL);
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(TIMEOUT * 3 / 4 - INTERVAL);
+            let owed = (TIMEOUT.as_millis() / INTERVAL.as_millis()) as u32;
+            let burst: Vec<u8> = (0..owed).flat_map(|k| ping(round * 100 + 50 + k)).collect();
+            bunched.write_all(&burst).unwrap();
         }
-        false
+        bunched
     });
-    let reason = closed_reason(&mut server, Some(conn)).await;
-    assert_eq!(reason, DisconnectReason::PingAbuse);
-    assert!(flood.join().unwrap(), "the flooder was never cut off");
+    let started = tokio::time::Instant::now();
+    let mut flooders = Vec::new();
+    for forged in [false, true] {
+        let mut peer = raw_peer(&server, &hello_bytes());
+        let conn = server_event(&mut server, Duration::from_secs(5), |e| match e {
+            ServerEvent::Connected { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .await;
+        let flood = std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            for nonce in 0..500u32 {
+                let ts = if forged {
+                    u64::from(nonce) * INTERVAL.as_micros() as u64
+                } else {
+                    t0.elapsed().as_micros() as u64
+                };
+                let mut ping = Vec::new();
+                frame::encode_ping(&mut ping, FrameType::Ping, nonce, ts);
+                if peer.write_all(&ping).is_err() {
+                    return Some(t0.elapsed()); // the server closed us
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        });
+        flooders.push((conn, flood));
+    }
+    let mut abusers = Vec::new();
+    while abusers.len() < flooders.len() {
+        let (conn, reason) = server_event(&mut server, Duration::from_secs(5), |e| match e {
+            ServerEvent::Closed { conn, reason, .. } => Some((*conn, reason.clone())),
+            _ => None,
+        })
+        .await;
+        assert!(
+            conn != live_conn && conn != bunched_conn,
+            "a compliant peer was closed: {reason:?}"
+        );
+        assert_eq!(reason, DisconnectReason::PingAbuse);
+        abusers.push(conn);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for (conn, flood) in flooders {
+        assert!(abusers.contains(&conn));
+        let cut = flood.join().unwrap();
+        assert!(cut.is_some(), "a flooder was never cut off");
+    }
+    let bunched = tokio::task::spawn_blocking(move || bunching.join().unwrap())
+        .await
+        .unwrap();
+    // The bunching peer and the live client are still there.
+    assert_eq!(server.handle().connections(), 2);
+    drop(bunched);
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1), live.next_event()).await
+    {
+        assert!(
+            !matches!(
+                e,
+                ClientEvent::Dead { .. } | ClientEvent::Reconnecting { .. }
+            ),
+            "{e:?}"
+        );
+    }
+    live.close().await;
     assert_still_serving(&mut server).await;
 }

@@ -331,6 +331,108 @@ async fn resume_with_a_wrong_token_is_bad_token_and_the_session_survives() {
     exchange(&mut server, &client, b"unaffected").await;
 }
 
+/// A stranger who knows a live session's id (it travels in clear without TLS) but not its token
+/// cannot knock the owner off: 40 resumes with wrong tokens, landing on both loops, while the owner
+/// streams 2,000 numbered messages. Each stranger is refused `BadToken`; the owner is never
+/// disconnected (no close on the server, no `Dead`/`Reconnecting` on the client, one connection
+/// throughout) and every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_never_evicts_the_attached_owner() {
+    const MESSAGES: u64 = 2_000;
+    const STRANGERS: usize = 40;
+    let _serial = SERIAL.lock().await;
+    let mut server = Server::bind(server_config()).unwrap();
+    let mut owner = Client::connect(client_config(&server));
+    client_event(&mut owner, WITHIN, |e| {
+        matches!(e, ClientEvent::Connected { .. }).then_some(())
+    })
+    .await;
+    let (owner_conn, id) = server_event(&mut server, WITHIN, |e| match e {
+        ServerEvent::Connected {
+            conn,
+            session: Some(s),
+            ..
+        } => Some((*conn, *s)),
+        _ => None,
+    })
+    .await;
+    let sender = owner.sender();
+    let streaming = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            sender.send(n.to_be_bytes().to_vec()).await.unwrap();
+            if n % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let addr = server.local_addr();
+    let attacks = tokio::task::spawn_blocking(move || {
+        let mut codes = Vec::new();
+        for i in 0..STRANGERS {
+            let mut token = [0x5au8; 16];
+            token[0] = i as u8;
+            let mut peer = TcpStream::connect(addr).unwrap();
+            peer.write_all(&hello(Some((id, ResumeToken::from_bytes(token), 0)), None))
+                .unwrap();
+            codes.push(read_until(&mut peer, |f| match f {
+                Frame::Close { code, .. } => Some(code),
+                Frame::Welcome(w) => panic!("a stranger was welcomed: {w:?}"),
+                _ => None,
+            }));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        codes
+    });
+    let mut next = 0u64;
+    let mut refused = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while next < MESSAGES || refused < STRANGERS {
+        let event = tokio::time::timeout_at(deadline, server.next_event())
+            .await
+            .expect("messages or refusals missing after 30 s")
+            .expect("server events ended");
+        match event {
+            ServerEvent::Message { conn, payload, .. } => {
+                assert_eq!(conn, owner_conn, "a message came on another connection");
+                let n = u64::from_be_bytes(payload[..].try_into().unwrap());
+                assert_eq!(n, next, "lost, duplicated or reordered");
+                next += 1;
+            }
+            ServerEvent::Closed { conn, reason, .. } => {
+                assert_ne!(conn, owner_conn, "the owner was disconnected: {reason:?}");
+                match reason {
+                    DisconnectReason::LocalClose { code, .. } => {
+                        assert_eq!(code, CloseCode::BadToken)
+                    }
+                    other => panic!("a stranger closed for {other:?}"),
+                }
+                refused += 1;
+            }
+            ServerEvent::Connected { conn, .. } => {
+                panic!("a second connection was admitted to the session: {conn}")
+            }
+            _ => {}
+        }
+    }
+    streaming.await.unwrap();
+    let codes = attacks.await.unwrap();
+    assert_eq!(codes, vec![CloseCode::BadToken; STRANGERS]);
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1), owner.next_event()).await
+    {
+        assert!(
+            !matches!(
+                e,
+                ClientEvent::Dead { .. }
+                    | ClientEvent::Reconnecting { .. }
+                    | ClientEvent::Connected { .. }
+                    | ClientEvent::Closed { .. }
+            ),
+            "the owner's connection was disturbed: {e:?}"
+        );
+    }
+    exchange(&mut server, &owner, b"still the owner").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_of_an_expired_session_is_session_expired() {
     let _serial = SERIAL.lock().await;

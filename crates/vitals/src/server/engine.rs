@@ -711,8 +711,9 @@ impl Loop {
     }
 
     /// A client asks to resume `session` on connection `idx`. If the session is still attached to an
-    /// older connection (the client noticed the break first), that connection is evicted and its session
-    /// stored before the resume is resolved.
+    /// older connection (the client noticed the break first), the token the client presented is checked
+    /// against that session's first: a wrong one closes `idx` with `BadToken` and leaves the holder
+    /// alone; the right one evicts the holder and stores its session before the resume is resolved.
     fn resume(&mut self, idx: usize, id: ConnId, session: SessionId, now: Instant) {
         let holder = self.shared.sessions().route(session);
         match holder {
@@ -737,6 +738,16 @@ impl Loop {
             }
             Some(victim) if victim != id => {
                 if let Some(vidx) = self.index_of(victim) {
+                    let keys = self.conns.get(vidx).and_then(|c| c.proto.session_keys());
+                    let owner = match (keys, self.conns.get_mut(idx)) {
+                        (Some(keys), Some(conn)) => conn.proto.verify_resume(&keys),
+                        _ => true,
+                    };
+                    if !owner {
+                        tracing::warn!(?session, %id, "resume with a wrong token refused; the session's connection is kept");
+                        self.touched.push(idx);
+                        return;
+                    }
                     self.evict(vidx, now);
                 }
             }
