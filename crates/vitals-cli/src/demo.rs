@@ -267,7 +267,9 @@ async fn server_events(mut server: Server, st: Arc<Mutex<State>>) {
                     tracing::warn!(%conn, "a healthy client was convicted");
                 }
             }
-            ServerEvent::Suspect { .. } | ServerEvent::SendRefused { .. } => {}
+            ServerEvent::Suspect { .. }
+            | ServerEvent::SendRefused { .. }
+            | ServerEvent::SessionSendRefused { .. } => {}
         }
     }
 }

@@ -841,7 +841,7 @@ impl Binary {
         let s = &mut self.session;
         s.attach();
         let keys = s.keys();
-        let ack = s.recv_next().0;
+        let ack = s.committed();
         let acked = s.peer_acked();
         self.set_tx(acked, 0);
         let (interval, timeout) = (self.live.interval(), self.live.timeout());
@@ -922,6 +922,11 @@ impl Binary {
                     false,
                 );
             }
+            if w.ack < s.peer_acked() {
+                // The server acknowledged more before than it holds now (a shared store that lost
+                // writes): what lies between is gone from our replay buffer. Say so, never a gap.
+                return self.fail_session(SessionError::Unknown);
+            }
             if let Err(e) = s.on_ack(w.ack) {
                 return self.fail_session(e);
             }
@@ -960,10 +965,16 @@ impl Binary {
                 sent: limit,
             });
         }
-        if let Some(s) = self.session_mut()
-            && let Err(e) = s.on_ack(next)
-        {
-            self.fail_session(e);
+        let Some(s) = self.session_mut() else {
+            return;
+        };
+        let before = s.peer_acked();
+        if let Err(e) = s.on_ack(next) {
+            return self.fail_session(e);
+        }
+        if s.config().commit_acks && s.peer_acked() > before {
+            let next = Seq(s.peer_acked());
+            self.push_event(Event::Acked { next });
         }
     }
 
@@ -1012,20 +1023,29 @@ impl Binary {
             c.reasm.extend_from_slice(&payload);
             Bytes::from(std::mem::take(&mut c.reasm))
         };
-        let s = &mut self.session;
-        s.delivered();
+        self.session.delivered();
+        let len = msg.len();
+        self.push_event(Event::Message {
+            seq: Seq(seq),
+            payload: msg,
+        });
+        if !self.session.config().commit_acks {
+            self.owe_ack(now, len);
+        }
+    }
+
+    /// Messages of `len` bytes in all became acknowledgeable: ack at once past `ack_every` (or
+    /// `ack_every_bytes`), else within `ack_delay`.
+    fn owe_ack(&mut self, now: u64, len: usize) {
+        let s = &self.session;
         let owed = s.ack_owed();
         let cfg = s.config();
         let every = u64::from(cfg.ack_every.max(1));
         let every_bytes = cfg.ack_every_bytes.max(1);
         let delay = crate::liveness::nanos(cfg.ack_delay);
         let c = self.cold_mut();
-        c.ack_owed_bytes = c.ack_owed_bytes.saturating_add(msg.len());
+        c.ack_owed_bytes = c.ack_owed_bytes.saturating_add(len);
         let owed_bytes = c.ack_owed_bytes;
-        self.push_event(Event::Message {
-            seq: Seq(seq),
-            payload: msg,
-        });
         if owed >= every || owed_bytes >= every_bytes {
             let next = self.ack_sending();
             self.queue_ctl(Ctl::Ack, 0, next);
@@ -1126,6 +1146,40 @@ impl Binary {
         self.session().map(|s| s.id())
     }
 
+    pub(crate) fn commit(&mut self, now: Instant, upto: Seq) {
+        if self.state != State::Open || !self.has(HAS_SESSION) {
+            return;
+        }
+        if self.session.commit(upto.0) > 0 {
+            let now = self.live.ns(now);
+            // Committed bytes are not tracked: the count and the delay decide.
+            self.owe_ack(now, 0);
+        }
+        self.tidy();
+    }
+
+    pub(crate) fn pending_resume(&self) -> Option<(SessionId, ResumeToken, Seq)> {
+        if self.state != State::AwaitResume {
+            return None;
+        }
+        let (id, token, ack) = self.cold.as_deref()?.resume?;
+        Some((id, token, Seq(ack)))
+    }
+
+    pub(crate) fn send_next(&self) -> Option<Seq> {
+        self.session().map(|s| s.send_next())
+    }
+
+    pub(crate) fn refuse_resume(&mut self, e: SessionError) {
+        if self.state == State::AwaitResume {
+            if let Some(c) = self.cold.as_deref_mut() {
+                c.resume = None;
+            }
+            self.fail_session(e);
+            self.tidy();
+        }
+    }
+
     pub(crate) fn session_keys(&self) -> Option<SessionKeys> {
         self.session().map(|s| s.keys())
     }
@@ -1137,12 +1191,8 @@ impl Binary {
                 .as_deref()
                 .and_then(|c| c.resume.as_ref())
                 .is_some_and(|(id, token, _)| *id == keys.id && keys.token.ct_eq(token));
-        if !ok && self.state == State::AwaitResume {
-            if let Some(c) = self.cold.as_deref_mut() {
-                c.resume = None;
-            }
-            self.fail_session(SessionError::BadToken);
-            self.tidy();
+        if !ok {
+            self.refuse_resume(SessionError::BadToken);
         }
         ok
     }

@@ -19,14 +19,14 @@
 use crate::auth::AuthToken;
 use crate::binary::Binary;
 use crate::decode::Limits;
-use crate::error::Backpressure;
+use crate::error::{Backpressure, SessionError};
 use crate::frame::CloseCode;
 use crate::json::JsonLimits;
 use crate::json_conn::Json;
 use crate::liveness::LivenessConfig;
 use crate::policy::ServerPolicy;
 use crate::rtt::RttStats;
-use crate::session::{Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
+use crate::session::{ResumeToken, Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
 use crate::store::SessionStore;
 use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, Mutex, Weak};
@@ -121,6 +121,12 @@ pub enum Event {
         interval: Duration,
         /// Granted timeout.
         timeout: Duration,
+    },
+    /// Server with `SessionConfig::commit_acks`: the peer has acknowledged every message we sent
+    /// below `next` (reported when that point advances), so a store may drop them.
+    Acked {
+        /// The peer's cumulative acknowledgement: the next sequence number it expects.
+        next: Seq,
     },
     /// Server: a client asks to resume `session`; call [`Connection::resolve_resume`].
     ResumeRequested {
@@ -329,6 +335,42 @@ impl Connection {
         match &self.inner {
             Inner::Binary(b) => b.session_id(),
             Inner::Json(_) => None,
+        }
+    }
+
+    /// Server with `SessionConfig::commit_acks`: every received message below `upto` is committed
+    /// (stored where the application will find it), so acknowledgements may now cover it: an ACK
+    /// follows under the usual rule (at once after `ack_every` messages, else within `ack_delay`;
+    /// re-arm the timer from [`poll_timeout`](Self::poll_timeout)). A stale `upto` is ignored.
+    pub fn commit(&mut self, now: Instant, upto: Seq) {
+        if let Inner::Binary(b) = &mut self.inner {
+            b.commit(now, upto);
+        }
+    }
+
+    /// Server: the resume a client asked for ([`Event::ResumeRequested`]) while it is pending: the
+    /// session id, the token presented, and the client's acknowledgement (the next message of ours
+    /// it expects).
+    pub fn pending_resume(&self) -> Option<(SessionId, ResumeToken, Seq)> {
+        match &self.inner {
+            Inner::Binary(b) => b.pending_resume(),
+            Inner::Json(_) => None,
+        }
+    }
+
+    /// The sequence number the next message sent will get (binary codec, once a session is held).
+    pub fn send_next(&self) -> Option<Seq> {
+        match &self.inner {
+            Inner::Binary(b) => b.send_next(),
+            Inner::Json(_) => None,
+        }
+    }
+
+    /// Server: answers a pending [`Event::ResumeRequested`] with `error` (closing with its code),
+    /// for a runtime that resolves resumes against something else than a [`SessionStore`].
+    pub fn refuse_resume(&mut self, error: SessionError) {
+        if let Inner::Binary(b) = &mut self.inner {
+            b.refuse_resume(error);
         }
     }
 

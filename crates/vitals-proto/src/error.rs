@@ -152,6 +152,9 @@ pub enum SessionError {
         /// Next expected sequence number.
         expected: u64,
     },
+    /// The shared session store could not be reached in time: retry later (the session is kept).
+    #[error("session store unavailable; retry")]
+    Unavailable,
     /// A reassembled message exceeds the maximum message size.
     #[error("message exceeds {max} bytes")]
     MessageTooLarge {
@@ -169,6 +172,7 @@ impl SessionError {
             SessionError::BadToken => CloseCode::BadToken,
             SessionError::BadAck { .. } | SessionError::Gap { .. } => CloseCode::ProtocolError,
             SessionError::MessageTooLarge { .. } => CloseCode::LimitExceeded,
+            SessionError::Unavailable => CloseCode::Unavailable,
         }
     }
 }

@@ -98,6 +98,8 @@ pub enum CloseCode {
     MaxAge,
     /// 12: the server requires an authentication token and the HELLO carried none, or a wrong one.
     AuthFailed,
+    /// 13: the server could not reach its shared session store in time; reconnect later and resume.
+    Unavailable,
     /// Any other code.
     Other(u16),
 }
@@ -119,6 +121,7 @@ impl CloseCode {
             CloseCode::ServerFull => 10,
             CloseCode::MaxAge => 11,
             CloseCode::AuthFailed => 12,
+            CloseCode::Unavailable => 13,
             CloseCode::Other(c) => c,
         }
     }
@@ -139,6 +142,7 @@ impl CloseCode {
             10 => CloseCode::ServerFull,
             11 => CloseCode::MaxAge,
             12 => CloseCode::AuthFailed,
+            13 => CloseCode::Unavailable,
             c => CloseCode::Other(c),
         }
     }

@@ -103,6 +103,11 @@ pub struct SessionConfig {
     pub ack_every_bytes: usize,
     /// Largest reassembled message. Default 16 MiB.
     pub max_message_size: usize,
+    /// Server in a fleet (docs/FLEET.md): acknowledge a received message only once the runtime
+    /// has committed it ([`Connection::commit`](crate::Connection::commit)), and report the
+    /// peer's acknowledgements ([`Event::Acked`](crate::Event::Acked)) so that the runtime can
+    /// trim what it stored. Default false: a message is acknowledged once delivered.
+    pub commit_acks: bool,
 }
 
 impl Default for SessionConfig {
@@ -116,6 +121,7 @@ impl Default for SessionConfig {
             ack_every: 64,
             ack_every_bytes: 1 << 20,
             max_message_size: 16 << 20,
+            commit_acks: false,
         }
     }
 }
@@ -156,8 +162,12 @@ pub struct Session {
     send_next: u64,
     recv_next: u64,
     backlog: Option<Box<Backlog>>,
-    /// Received messages not yet acknowledged (at most `ack_every`, which is a `u32`).
-    ack_owed: u32,
+    /// Received messages not yet committed (`commit_acks`): `recv_next - uncommitted` is what
+    /// an ack may cover.
+    uncommitted: u32,
+    /// Received (and committed) messages not yet acknowledged, saturating: an ack goes out at
+    /// `ack_every`, or after `ack_delay` whatever the count.
+    ack_owed: u16,
     established: bool,
 }
 
@@ -181,9 +191,40 @@ impl Session {
             send_next: 0,
             recv_next: 0,
             backlog: None,
+            uncommitted: 0,
             ack_owed: 0,
             established: false,
         }
+    }
+
+    /// A session rebuilt from what a shared store holds (docs/FLEET.md): it has received every
+    /// message below `recv_next`, and holds `unacked` — messages `first_unacked`,
+    /// `first_unacked + 1`, … — for the peer, which has acknowledged everything before them.
+    /// Marked established and detached at `now`, ready for a resume.
+    pub fn restore(
+        keys: SessionKeys,
+        cfg: SessionConfig,
+        recv_next: Seq,
+        first_unacked: Seq,
+        unacked: impl IntoIterator<Item = Bytes>,
+        now: Instant,
+    ) -> Session {
+        let mut s = Session::new(keys, cfg);
+        s.recv_next = recv_next.0;
+        s.send_next = first_unacked.0;
+        for payload in unacked {
+            // Not bounded by the replay limits: the store bounded what it accepted.
+            let b = s.backlog_mut();
+            b.replay_bytes += payload.len();
+            b.replay.push_back(Outgoing {
+                queued_at: now,
+                payload,
+            });
+            s.send_next += 1;
+        }
+        s.established = true;
+        s.detach(now);
+        s
     }
 
     /// The shared config this session was created with (its `session` part applies).
@@ -365,7 +406,31 @@ impl Session {
     /// A complete message `recv_next` was delivered.
     pub(crate) fn delivered(&mut self) {
         self.recv_next += 1;
-        self.ack_owed = self.ack_owed.saturating_add(1);
+        if self.cfg.session.commit_acks {
+            self.uncommitted = self.uncommitted.saturating_add(1);
+        } else {
+            self.ack_owed = self.ack_owed.saturating_add(1);
+        }
+    }
+
+    /// Everything below `upto` was committed (`commit_acks`); returns how many messages that
+    /// newly allows to acknowledge (zero for a stale or impossible `upto`).
+    pub(crate) fn commit(&mut self, upto: u64) -> u64 {
+        let committed = self.committed();
+        if upto <= committed || upto > self.recv_next {
+            return 0;
+        }
+        self.uncommitted = u32::try_from(self.recv_next - upto).unwrap_or(u32::MAX);
+        let newly = upto - committed;
+        let owed = u64::from(self.ack_owed).saturating_add(newly);
+        self.ack_owed = u16::try_from(owed).unwrap_or(u16::MAX);
+        newly
+    }
+
+    /// What an ack may cover: every message received (and, with `commit_acks`, committed)
+    /// below this.
+    pub(crate) fn committed(&self) -> u64 {
+        self.recv_next - u64::from(self.uncommitted)
     }
 
     /// Received messages not yet acknowledged to the peer.
@@ -373,10 +438,10 @@ impl Session {
         u64::from(self.ack_owed)
     }
 
-    /// An ack carrying `recv_next` is going out.
+    /// An ack carrying `committed()` is going out.
     pub(crate) fn ack_sending(&mut self) -> u64 {
         self.ack_owed = 0;
-        self.recv_next
+        self.committed()
     }
 
     /// When the oldest unacknowledged message ages out (expires the session).

@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Some(ServerEvent::Rtt { conn, rtt }) => println!("{conn} rtt {:?}", rtt.latest),
                 Some(ServerEvent::Suspect { conn, phi }) => println!("{conn} suspect, phi {phi:.1}"),
                 Some(ServerEvent::SendRefused { conn, reason, .. }) => println!("{conn}: echo dropped ({reason})"),
+                Some(ServerEvent::SessionSendRefused { session, reason, .. }) => println!("{session:?}: send dropped ({reason})"),
                 Some(ServerEvent::Closed { conn, reason, .. }) => println!("{conn} closed: {reason:?}"),
                 None => return Ok(()),
             },

@@ -606,7 +606,9 @@ impl Task {
                         metrics::counter!(m::LOCAL_STALLS).increment(1);
                         tracing::warn!(?late_by, "local stall: timer fired late; no conviction");
                     }
-                    Event::PingStrike { .. } | Event::ResumeRequested { .. } => {}
+                    Event::PingStrike { .. }
+                    | Event::ResumeRequested { .. }
+                    | Event::Acked { .. } => {}
                 }
             }
             if proto.is_closed() {
@@ -682,10 +684,14 @@ impl Task {
             DisconnectReason::PingAbuse => proto.reconnect_config(),
             _ => None,
         };
+        // The server refused the session, or this side found the server's state behind its own.
         let session_gone = matches!(
             &reason,
             DisconnectReason::PeerClosed {
                 code: CloseCode::UnknownSession | CloseCode::BadToken | CloseCode::SessionExpired,
+                ..
+            } | DisconnectReason::LocalClose {
+                code: CloseCode::UnknownSession,
                 ..
             }
         );

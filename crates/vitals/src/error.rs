@@ -24,6 +24,10 @@ pub enum Error {
     /// configuration error. The text names the file or input; it never contains key material.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The shared session store (Redis, docs/FLEET.md) did not answer in time or refused the
+    /// operation; the text says which. Nothing was written: retry later.
+    #[error("session store unavailable: {0}")]
+    StoreUnavailable(String),
     /// The server or client has shut down.
     #[error("shut down")]
     Shutdown,

@@ -172,6 +172,17 @@ pub enum ServerEvent {
         /// or the message is larger than the whole buffer.
         reason: &'static str,
     },
+    /// A message sent to a session with [`ServerHandle::send_to_session`](crate::ServerHandle::send_to_session)
+    /// through a fleet's store (docs/FLEET.md) that the store refused or could not take in time:
+    /// handed back, never dropped silently.
+    SessionSendRefused {
+        /// The session.
+        session: SessionId,
+        /// The message, untouched.
+        payload: Bytes,
+        /// Why: unknown session, its unacknowledged messages full, or the store unavailable.
+        reason: &'static str,
+    },
     /// The connection ended.
     Closed {
         /// The connection.

@@ -6,6 +6,8 @@
 //! - [`client`]: [`Client`] — a tokio task per connection over the same protocol core, reconnecting with
 //!   [`backoff`] and resuming its session.
 //! - [`config`], [`event`], [`error`]: settings, what the application is told, what can fail.
+//! - [`fleet`]: servers sharing sessions, presence and messages through Redis ([`RedisStore`]), so
+//!   that a client resumes on any of them (docs/FLEET.md).
 //! - [`socket`]: TCP options derived from the liveness timeout; [`metrics`]: metric names.
 //! - [`tls`]: TLS through rustls as a sans-IO state machine on both sides, and helpers that build its
 //!   configuration from PEM files (`rustls` is re-exported so that versions match).
@@ -18,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod fleet;
 pub mod metrics;
 mod outbox;
 pub mod server;
@@ -28,6 +31,7 @@ pub use client::{Client, ClientSender};
 pub use config::{ClientConfig, Codec, ServerConfig};
 pub use error::Error;
 pub use event::{ClientEvent, ConnId, DisconnectReason, ServerEvent};
+pub use fleet::{FleetConfig, RedisStore, Store};
 pub use rustls;
 pub use server::{Server, ServerHandle};
 pub use tls::ClientTls;

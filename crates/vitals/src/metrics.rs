@@ -42,6 +42,14 @@ pub const AUTH_FAILURES: &str = "vitals_auth_failures_total";
 /// Counter: local stalls detected (our own timer fired late; nobody convicted).
 pub const LOCAL_STALLS: &str = "vitals_local_stalls_total";
 
+/// Counter: calls a fleet node made to Redis (docs/FLEET.md), labelled `call` (register, commit,
+/// takeover, publish, ack, park, finish, touch, fetch, heartbeat).
+pub const FLEET_CALLS: &str = "vitals_fleet_calls_total";
+/// Counter: pipelines (round trips) a fleet node sent to Redis.
+pub const FLEET_BATCHES: &str = "vitals_fleet_batches_total";
+/// Gauge: 1 while the fleet node's last batch reached Redis, 0 during an outage.
+pub const FLEET_UP: &str = "vitals_fleet_up";
+
 /// Records one ended connection under its reason (and as a rejected frame when input was bad).
 pub(crate) fn disconnect(reason: &DisconnectReason) {
     metrics::counter!(DISCONNECTS, "reason" => reason.label()).increment(1);

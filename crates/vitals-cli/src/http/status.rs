@@ -246,7 +246,9 @@ impl Status {
                 inner.rtt.saturating_record(us.clamp(1, RTT_MAX_US));
             }
             ServerEvent::Suspect { .. } => inner.suspects += 1,
-            ServerEvent::SendRefused { .. } => inner.send_refused += 1,
+            ServerEvent::SendRefused { .. } | ServerEvent::SessionSendRefused { .. } => {
+                inner.send_refused += 1
+            }
             ServerEvent::Closed {
                 reason, connected, ..
             } => {

@@ -26,7 +26,8 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tokio::sync::mpsc::UnboundedSender;
 use vitals_proto::{
-    Bytes, CloseCode, Connection, Event, ResumeToken, Role, SessionId, SessionKeys,
+    Bytes, CloseCode, Connection, Event, MemoryStore, ResumeToken, Role, Seq, Session,
+    SessionError, SessionId, SessionKeys, SessionStore,
 };
 use vitals_timer::{Jitter, Wheel};
 
@@ -34,6 +35,7 @@ use super::conn::{Backlog, BulkBuf, BulkPool, Conn, read_bulk, read_into, write_
 use super::shared::{Command, Shared};
 use crate::config::Codec;
 use crate::event::{ConnId, DisconnectReason, ServerEvent};
+use crate::fleet::task::{Op, Reply, Snapshot};
 use crate::metrics as m;
 use crate::outbox::Outbox;
 use crate::socket::SocketOptions;
@@ -116,6 +118,11 @@ pub(crate) struct Loop {
     /// Connections touched by accepts, commands and deadlines in this iteration, serviced once at
     /// its end.
     touched: Vec<usize>,
+    /// Fleet: outbound messages from the store that did not fit a session's replay buffer yet,
+    /// by slab index (with the generation), in order; retried as the client acknowledges.
+    fleet_waiting: HashMap<usize, (u32, std::collections::VecDeque<(u64, Bytes)>)>,
+    /// Fleet: when this loop next refreshes its sessions' leases and presence in the store.
+    next_touch: Instant,
 }
 
 impl Loop {
@@ -184,6 +191,8 @@ impl Loop {
             next_purge: Instant::now(),
             timerfd,
             touched: Vec::new(),
+            fleet_waiting: HashMap::new(),
+            next_touch: Instant::now(),
             shared,
         })
     }
@@ -255,6 +264,7 @@ impl Loop {
             self.expire(now);
             self.service_touched(now);
             self.purge_sessions(now);
+            self.touch_sessions(now);
         }
     }
 
@@ -656,6 +666,15 @@ impl Loop {
                     sessions.set_route(session, id);
                     sessions.parked.remove(&session);
                     drop(sessions);
+                    if let (Some(fleet), false, Some(keys)) =
+                        (&self.shared.fleet, resumed, conn.proto.session_keys())
+                    {
+                        fleet.op(Op::Register {
+                            sid: session,
+                            token: keys.token,
+                            conn: id,
+                        });
+                    }
                     if resumed {
                         metrics::counter!(m::RESUMES).increment(1);
                     }
@@ -666,11 +685,30 @@ impl Loop {
                         resumed,
                     })
                 }
-                Event::Message { payload, .. } => Some(ServerEvent::Message {
-                    conn: id,
-                    session: conn.session(),
-                    payload,
-                }),
+                Event::Message { payload, seq } => match (&self.shared.fleet, conn.session()) {
+                    // Committed to the fleet's store first; the store task reports it then.
+                    (Some(fleet), Some(sid)) => {
+                        fleet.op(Op::Commit {
+                            sid,
+                            conn: id,
+                            seq: seq.0,
+                            payload,
+                        });
+                        None
+                    }
+                    _ => Some(ServerEvent::Message {
+                        conn: id,
+                        session: conn.session(),
+                        payload,
+                    }),
+                },
+                Event::Acked { next } => {
+                    if let (Some(fleet), Some(sid)) = (&self.shared.fleet, conn.session()) {
+                        fleet.op(Op::Acked { sid, next: next.0 });
+                    }
+                    self.retry_fleet_waiting(idx, now);
+                    None
+                }
                 Event::Rtt(rtt) => {
                     m::rtt(rtt.latest);
                     Some(ServerEvent::Rtt { conn: id, rtt })
@@ -753,6 +791,22 @@ impl Loop {
             }
             _ => {}
         }
+        if let Some(fleet) = &self.shared.fleet {
+            // The session lives in Redis: take it over there (fenced by its epoch; the previous
+            // owner, on whatever node, is told to let go); the answer comes back as a command.
+            if let Some(conn) = self.conns.get_mut(idx)
+                && let Some((sid, token, ack)) = conn.proto.pending_resume()
+            {
+                conn.awaiting_resume = true;
+                fleet.op(Op::Takeover {
+                    sid,
+                    token,
+                    client_ack: ack.0,
+                    conn: id,
+                });
+            }
+            return;
+        }
         self.resolve(idx, now);
     }
 
@@ -820,15 +874,52 @@ impl Loop {
         }
         // Route the session to this connection in the same critical section that took it from the
         // store, so that `send_to_session` never finds it in neither place.
-        if !conn.proto.is_closed()
-            && let Some(session) = conn.proto.session_id()
-        {
-            conn.session_reported();
-            let generation = conn.generation;
-            sessions.set_route(session, self.id(idx, generation));
-            sessions.parked.remove(&session);
-        }
+        let id = ConnId {
+            shard: self.shard,
+            index: idx as u32,
+            generation: conn.generation,
+        };
+        route_resumed(conn, id, &mut sessions);
         drop(sessions);
+        self.touched.push(idx);
+    }
+
+    /// Resolves a pending resume on `idx` with what the fleet's store answered.
+    fn resolve_fleet(&mut self, idx: usize, now: Instant, result: Result<Snapshot, SessionError>) {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if !conn.awaiting_resume {
+            return;
+        }
+        conn.awaiting_resume = false;
+        let Some((sid, token, _)) = conn.proto.pending_resume() else {
+            return;
+        };
+        match result {
+            Ok(snap) => {
+                // The token was checked by the store (against its digest); the core checks it
+                // again against these keys and applies the client's acknowledgement.
+                let session = Session::restore(
+                    SessionKeys { id: sid, token },
+                    self.shared.cfg.proto.session,
+                    Seq(snap.in_next),
+                    Seq(snap.first_unacked),
+                    snap.unacked,
+                    now,
+                );
+                let mut one = MemoryStore::new();
+                one.put(session);
+                conn.proto.resolve_resume(now, &mut one);
+                let id = ConnId {
+                    shard: self.shard,
+                    index: idx as u32,
+                    generation: conn.generation,
+                };
+                route_resumed(conn, id, &mut self.shared.sessions());
+            }
+            Err(e) => conn.proto.refuse_resume(e),
+        }
         self.touched.push(idx);
     }
 
@@ -989,12 +1080,35 @@ impl Loop {
                 ..
             }
         );
+        self.fleet_waiting.remove(&idx);
+        let rtt_us = u64::try_from(conn.proto.rtt().smoothed.as_micros()).unwrap_or(u64::MAX);
         if let Some(session) = conn.proto.take_session(now) {
             let sid = session.id();
             let mut sessions = self.shared.sessions();
             let owner = sessions.route(sid);
             if owner.is_none_or(|o| o == id) {
-                if final_close {
+                if let Some(fleet) = &self.shared.fleet {
+                    // Redis holds the session (and sends go through it): park it there for a
+                    // resume on any server, or end it; nothing stays in this process.
+                    sessions.remove_route(sid);
+                    sessions.parked.remove(&sid);
+                    drop(sessions);
+                    let reason = reason.label();
+                    fleet.op(if final_close {
+                        Op::Finish {
+                            sid,
+                            conn: id,
+                            reason,
+                        }
+                    } else {
+                        Op::Park {
+                            sid,
+                            conn: id,
+                            reason,
+                            rtt_us,
+                        }
+                    });
+                } else if final_close {
                     sessions.remove_route(sid);
                     sessions.parked.remove(&sid);
                 } else {
@@ -1057,6 +1171,7 @@ impl Loop {
                 }
             }
             Command::Adopt { conn, session } => self.adopt(*conn, session, now),
+            Command::Fleet(reply) => self.fleet_reply(reply, now),
             Command::Shutdown { deadline } => {
                 if let Some(mut listener) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut listener);
@@ -1075,6 +1190,16 @@ impl Loop {
     fn queue_message(&mut self, idx: usize, conn: ConnId, payload: Bytes, now: Instant) {
         let binary = self.shared.cfg.codec == Codec::Binary;
         let c = &mut self.conns[idx];
+        if let (Some(fleet), Some(sid)) = (&self.shared.fleet, c.session()) {
+            // Written to Redis first (so that it survives this process), then delivered from there
+            // in the session's order.
+            fleet.op(Op::Publish {
+                sid,
+                payload,
+                reply: None,
+            });
+            return;
+        }
         let reason = match c.proto.room_for(payload.len()) {
             vitals_proto::Room::Now => match c.proto.send(now, payload) {
                 Ok(_) => {
@@ -1111,6 +1236,14 @@ impl Loop {
     ) {
         let mut payload = Some(payload);
         let mut reason = "connection closed";
+        if let (Some(fleet), Some(sid)) = (&self.shared.fleet, session) {
+            fleet.op(Op::Publish {
+                sid,
+                payload: payload.take().unwrap_or_default(),
+                reply: None,
+            });
+            return;
+        }
         if let Some(sid) = session {
             let mut sessions = self.shared.sessions();
             let route = sessions.route(sid).filter(|r| *r != conn);
@@ -1153,6 +1286,158 @@ impl Loop {
                 payload,
                 reason,
             });
+        }
+    }
+
+    /// An answer of the fleet's store task.
+    fn fleet_reply(&mut self, reply: Reply, now: Instant) {
+        match reply {
+            Reply::Committed { conn, next } => {
+                if let Some(idx) = self.index_of(conn) {
+                    self.conns[idx].proto.commit(now, Seq(next));
+                    self.touched.push(idx);
+                }
+            }
+            Reply::Resumed { conn, sid, result } => {
+                if let Some(idx) = self.index_of(conn)
+                    && self.conns[idx]
+                        .proto
+                        .pending_resume()
+                        .is_some_and(|(s, _, _)| s == sid)
+                {
+                    self.resolve_fleet(idx, now, result);
+                }
+            }
+            Reply::Outbound {
+                conn,
+                sid,
+                seq,
+                payload,
+            } => {
+                let Some(idx) = self.index_of(conn) else {
+                    return; // Closed meanwhile: Redis keeps it for the resume.
+                };
+                if self.conns[idx].proto.session_id() != Some(sid) {
+                    return;
+                }
+                let generation = self.conns[idx].generation;
+                let waiting = self
+                    .fleet_waiting
+                    .entry(idx)
+                    .or_insert_with(|| (generation, Default::default()));
+                if waiting.0 != generation {
+                    *waiting = (generation, Default::default());
+                }
+                waiting.1.push_back((seq, payload));
+                self.retry_fleet_waiting(idx, now);
+            }
+            Reply::Kick { conn, sid } => {
+                if let Some(idx) = self.index_of(conn)
+                    && self.conns[idx].proto.session_id() == Some(sid)
+                {
+                    const WHY: &str = "session resumed on another connection";
+                    let c = &mut self.conns[idx];
+                    c.end(DisconnectReason::LocalClose {
+                        code: CloseCode::Normal,
+                        reason: WHY.into(),
+                    });
+                    c.proto.close(CloseCode::Normal, WHY);
+                    self.touched.push(idx);
+                }
+            }
+            Reply::Lost { conn, sid } => {
+                if let Some(idx) = self.index_of(conn)
+                    && self.conns[idx].proto.session_id() == Some(sid)
+                {
+                    const WHY: &str = "session lost by the session store";
+                    tracing::warn!(session = ?sid, "{WHY}: closing; the client starts a new session");
+                    let c = &mut self.conns[idx];
+                    c.end(DisconnectReason::LocalClose {
+                        code: CloseCode::UnknownSession,
+                        reason: WHY.into(),
+                    });
+                    c.proto.close(CloseCode::UnknownSession, WHY);
+                    self.touched.push(idx);
+                }
+            }
+        }
+    }
+
+    /// Queues the store's outbound messages waiting for connection `idx`, in order, as far as its
+    /// replay buffer takes them (the rest waits for the client's acknowledgements).
+    fn retry_fleet_waiting(&mut self, idx: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let Some((generation, waiting)) = self.fleet_waiting.get_mut(&idx) else {
+            return;
+        };
+        if *generation != conn.generation {
+            self.fleet_waiting.remove(&idx);
+            return;
+        }
+        while let Some((seq, payload)) = waiting.front() {
+            let Some(next) = conn.proto.send_next() else {
+                break;
+            };
+            if *seq < next.0 {
+                waiting.pop_front(); // Already in the session (a resume's snapshot had it).
+                continue;
+            }
+            if *seq > next.0 {
+                // The store skipped a message: never deliver out of order. The client resumes and
+                // the takeover's snapshot is whole, or says the session is lost.
+                tracing::error!(
+                    expected = next.0,
+                    got = *seq,
+                    "fleet: outbound message out of order; dropping the connection"
+                );
+                conn.break_with(DisconnectReason::LocalClose {
+                    code: CloseCode::Normal,
+                    reason: "outbound messages out of order".into(),
+                });
+                break;
+            }
+            if conn.proto.room_for(payload.len()) != vitals_proto::Room::Now {
+                break;
+            }
+            let payload = payload.clone();
+            if conn.proto.send(now, payload).is_err() {
+                break;
+            }
+            waiting.pop_front();
+        }
+        if waiting.is_empty() {
+            self.fleet_waiting.remove(&idx);
+        }
+        self.touched.push(idx);
+    }
+
+    /// Fleet: refreshes the lease and presence of this loop's sessions in the store, every third of
+    /// the lease (so that a crashed node's sessions expire, and presence shows the last RTT).
+    fn touch_sessions(&mut self, now: Instant) {
+        let Some(fleet) = &self.shared.fleet else {
+            return;
+        };
+        if now < self.next_touch {
+            return;
+        }
+        self.next_touch = now + fleet.cfg.lease / 3;
+        for (idx, conn) in self.conns.iter() {
+            if let Some(sid) = conn.session()
+                && !conn.proto.is_closed()
+            {
+                let rtt_us = u64::try_from(conn.proto.rtt().smoothed.as_micros()).unwrap_or(0);
+                fleet.op(Op::Touch {
+                    sid,
+                    conn: ConnId {
+                        shard: self.shard,
+                        index: idx as u32,
+                        generation: conn.generation,
+                    },
+                    rtt_us,
+                });
+            }
         }
     }
 
@@ -1238,6 +1523,17 @@ fn flush_tls(
         if !crate::tls::encrypt_next(tls, proto, out, OUT_BATCH).map_err(io_err)? {
             return Ok(());
         }
+    }
+}
+
+/// After a resume resolved on `conn` (`id`): routes its session to it, unless the resume failed.
+fn route_resumed(conn: &mut Conn, id: ConnId, sessions: &mut super::shared::Sessions) {
+    if !conn.proto.is_closed()
+        && let Some(session) = conn.proto.session_id()
+    {
+        conn.session_reported();
+        sessions.set_route(session, id);
+        sessions.parked.remove(&session);
     }
 }
 

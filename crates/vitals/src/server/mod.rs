@@ -25,11 +25,13 @@ use std::time::{Duration, Instant};
 use mio::Poll;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use vitals_proto::{Bytes, CloseCode, MemoryStore, SessionId, SessionStore};
+use vitals_proto::{Bytes, CloseCode, MemoryStore, SessionId};
 
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::event::{ConnId, ServerEvent};
+use crate::fleet::Store;
+use crate::fleet::task::{self as fleet_task, Op};
 use engine::{Loop, WAKER};
 use shared::{Command, Remote, Sessions, Shared};
 
@@ -38,6 +40,8 @@ pub struct Server {
     handle: ServerHandle,
     events: UnboundedReceiver<ServerEvent>,
     threads: Vec<JoinHandle<()>>,
+    /// The fleet's store task (docs/FLEET.md), joined after the loops at shutdown.
+    fleet_thread: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
 }
 
@@ -58,15 +62,38 @@ impl std::fmt::Debug for ServerHandle {
 impl Server {
     /// Binds and starts the event loops, with the in-memory session store.
     pub fn bind(cfg: ServerConfig) -> Result<Server, Error> {
-        Self::bind_with_store(cfg, Box::new(MemoryStore::new()))
+        Self::bind_with_store(cfg, MemoryStore::new())
     }
 
-    /// Binds and starts the event loops with a session store of your choice.
+    /// Binds and starts the event loops with a session store of your choice: one in this process
+    /// (a `Box<dyn SessionStore + Send>`, e.g. [`MemoryStore`]), or Redis shared by a fleet
+    /// ([`RedisStore`](crate::RedisStore), docs/FLEET.md), which makes every message committed to
+    /// Redis before it is acknowledged and written to Redis before it counts as sent.
     pub fn bind_with_store(
-        cfg: ServerConfig,
-        store: Box<dyn SessionStore + Send>,
+        mut cfg: ServerConfig,
+        store: impl Into<Store>,
     ) -> Result<Server, Error> {
         validate(&cfg)?;
+        let (store, fleet) = match store.into() {
+            Store::Local(s) => (s, None),
+            Store::Redis(redis) => {
+                if cfg.codec != crate::config::Codec::Binary {
+                    return Err(Error::Config(
+                        "a fleet store needs the binary codec (the JSON codec has no sessions)"
+                            .into(),
+                    ));
+                }
+                cfg.proto.session.commit_acks = true;
+                let (handle, starter) = fleet_task::channel(redis);
+                let empty: Box<dyn vitals_proto::SessionStore + Send> =
+                    Box::new(MemoryStore::new());
+                (empty, Some((handle, starter)))
+            }
+        };
+        let (fleet, starter) = match fleet {
+            Some((h, s)) => (Some(h), Some(s)),
+            None => (None, None),
+        };
         let loops = cfg.loops.clamp(1, u16::MAX as usize);
         // The first listener fixes the port (which may have been 0); the others share it.
         let mut addr = cfg.listen;
@@ -92,7 +119,16 @@ impl Server {
             open: AtomicUsize::new(0),
             sessions: Mutex::new(Sessions::new(store, loops)),
             remotes,
+            fleet,
         });
+        let fleet_thread = match starter {
+            Some(s) => Some(s.spawn(
+                Arc::downgrade(&shared),
+                events_tx.clone(),
+                shared.cfg.proto.session.ttl,
+            )?),
+            None => None,
+        };
         let mut threads = Vec::with_capacity(loops);
         for (shard, (listener, poll, rx)) in rest.into_iter().enumerate() {
             let event_loop = Loop::new(
@@ -113,6 +149,7 @@ impl Server {
             handle: ServerHandle { shared },
             events,
             threads,
+            fleet_thread,
             local_addr: addr,
         })
     }
@@ -146,8 +183,16 @@ impl Server {
             remote.send(Command::Shutdown { deadline });
         }
         let threads = std::mem::take(&mut self.threads);
+        let fleet_thread = self.fleet_thread.take();
+        let shared = Arc::clone(&self.handle.shared);
         let joined = tokio::task::spawn_blocking(move || {
             for t in threads {
+                let _ = t.join();
+            }
+            // The loops have parked every session they closed: let the store write that (and what
+            // else is queued) before the process may exit.
+            if let (Some(fleet), Some(t)) = (&shared.fleet, fleet_thread) {
+                fleet.op(Op::Stop);
                 let _ = t.join();
             }
         });
@@ -163,6 +208,9 @@ impl Drop for Server {
         let deadline = Instant::now();
         for remote in &self.handle.shared.remotes {
             remote.send(Command::Shutdown { deadline });
+        }
+        if let Some(fleet) = &self.handle.shared.fleet {
+            fleet.op(Op::Stop);
         }
     }
 }
@@ -196,6 +244,20 @@ impl ServerHandle {
         payload: impl Into<Bytes>,
     ) -> Result<(), Error> {
         let payload = payload.into();
+        if let Some(fleet) = &self.shared.fleet {
+            // Written to Redis first, wherever the session is; a refusal comes back as
+            // `ServerEvent::SessionSendRefused`.
+            let op = Op::Publish {
+                sid: session,
+                payload,
+                reply: None,
+            };
+            return if fleet.op(op) {
+                Ok(())
+            } else {
+                Err(Error::Shutdown)
+            };
+        }
         let mut sessions = self.shared.sessions();
         if let Some(conn) = sessions.route(session) {
             drop(sessions);
@@ -217,6 +279,39 @@ impl ServerHandle {
             .map_err(|e| Error::Backpressure(e.to_string()));
         sessions.store.put(stored);
         result
+    }
+
+    /// Like [`send_to_session`](Self::send_to_session), but returns once the message counts as
+    /// sent: in a fleet, once Redis holds it (the client gets it wherever it is connected, or on
+    /// its resume); with a local store, once it is queued. Errors: [`Error::NotFound`] (unknown or
+    /// expired session), [`Error::Backpressure`] (its unacknowledged messages are at the limit),
+    /// [`Error::StoreUnavailable`] (Redis did not take it within `FleetConfig::send_wait`).
+    pub async fn send_to_session_written(
+        &self,
+        session: SessionId,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let Some(fleet) = &self.shared.fleet else {
+            return self.send_to_session(session, payload);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let op = Op::Publish {
+            sid: session,
+            payload: payload.into(),
+            reply: Some(tx),
+        };
+        if !fleet.op(op) {
+            return Err(Error::Shutdown);
+        }
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// In a fleet: this node's id and whether its last call reached Redis.
+    pub fn fleet_status(&self) -> Option<(&str, bool)> {
+        self.shared
+            .fleet
+            .as_ref()
+            .map(|f| (f.cfg.node.as_str(), f.is_up()))
     }
 
     /// Closes connection `conn` with a CLOSE frame (`Normal`) and `reason`.

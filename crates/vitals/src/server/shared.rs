@@ -37,6 +37,8 @@ pub(crate) enum Command {
     },
     /// Stop accepting, close every connection with `Shutdown`, drain until `deadline`, exit.
     Shutdown { deadline: Instant },
+    /// An answer of the fleet's store task (docs/FLEET.md).
+    Fleet(crate::fleet::task::Reply),
 }
 
 /// How to reach one event loop.
@@ -142,6 +144,8 @@ pub(crate) struct Shared {
     pub(crate) open: AtomicUsize,
     pub(crate) sessions: Mutex<Sessions>,
     pub(crate) remotes: Vec<Remote>,
+    /// The fleet's store task, when sessions live in Redis (docs/FLEET.md).
+    pub(crate) fleet: Option<crate::fleet::task::FleetHandle>,
 }
 
 impl Shared {
