@@ -108,7 +108,7 @@ async fn metrics_follow_what_happens() {
     assert!(labelled(&snapshot, m::DISCONNECTS, "protocol_error") >= 1);
     assert!(labelled(&snapshot, m::FRAMES_REJECTED, "protocol_error") >= 1);
     assert!(
-        labelled(&snapshot, m::DISCONNECTS, "local_close") >= 1,
+        labelled(&snapshot, m::DISCONNECTS, "disconnected") >= 1,
         "the forced disconnect"
     );
 }
