@@ -323,7 +323,7 @@ impl Settings {
 }
 
 /// Installs the Prometheus recorder as the global `metrics` recorder (RTT as a histogram with
-/// buckets from 100 µs to 10 s).
+/// buckets from 100 µs to 10 s), with every vitals metric's help text.
 fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -338,6 +338,7 @@ fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    vitals::metrics::describe();
     Ok(handle)
 }
 

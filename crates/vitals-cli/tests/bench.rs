@@ -3,6 +3,8 @@
 //! refusals: bad timing, zero connections, more connections than the open-file limit allows,
 //! non-loopback servers.
 
+mod serve_util;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use assert_cmd::Command;
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use serde_json::Value;
+use serve_util::skip_unless_ci;
 
 /// The binary, with a bound on how long it may run.
 fn vitals() -> Command {
@@ -223,7 +226,11 @@ fn open_file_limit_is_read_from_the_process() {
         .output()
         .is_err()
     {
-        eprintln!("prlimit not installed; skipped");
+        skip_unless_ci(
+            "open_file_limit_is_read_from_the_process",
+            "no prlimit on PATH",
+            "install Debian's util-linux",
+        );
         return;
     }
     let bin = assert_cmd::cargo::cargo_bin("vitals");

@@ -178,6 +178,24 @@ fn http_endpoints_answer_and_refuse_what_they_should() {
         "{metrics}"
     );
     assert!(metrics.contains("vitals_connections_open"), "{metrics}");
+    // Every series the exporter prints has its help text (vitals::metrics::describe).
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+        })
+        .collect();
+    assert!(families.contains(&"vitals_connections_accepted_total"));
+    for name in families {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{metrics}"
+        );
+    }
     assert_eq!(d.get("/nope").0, 404);
     assert_eq!(
         http_request(http, "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0,

@@ -14,7 +14,11 @@
 //!
 //! The baseline, in the same run, is the same model on a `BinaryHeap` with lazy cancellation (a reset
 //! pushes a new entry). Printed: ns of timer work per heartbeat for both (the event generation is not
-//! timed), convictions (must equal the dead count), and bytes per connection of liveness state.
+//! timed); bytes per connection of liveness state (everything the run allocates for it: the wheel or
+//! heap, the keys, `last_heard`); and, counted for each, the convictions, the false ones (a
+//! connection convicted less than `timeout` after its last heartbeat: every conviction of a
+//! connection that never dies is one) and the missed ones (a dead connection silent for `timeout`
+//! before the end and not convicted). Exits 1 if any conviction is false or missed.
 #![allow(unsafe_code)] // the counting global allocator below
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -60,26 +64,36 @@ struct Plan {
     steps: Vec<Vec<u32>>,
 }
 
-/// Builds every heartbeat of the run: `(tick, conn)` sorted by tick, plus the dead set.
-fn plan(n: usize, seconds: u64, rng: &mut Jitter) -> (Vec<Beat>, Vec<bool>, Vec<u64>) {
+/// Who dies, and when each connection last heartbeat.
+struct Truth {
+    /// The connection stops heartbeating at a random moment of the run.
+    dead: Vec<bool>,
+    /// Tick of its last heartbeat (0, the start, if it never sent one).
+    last_beat: Vec<u64>,
+}
+
+/// Builds every heartbeat of the run: `(tick, conn)` sorted by tick, plus who dies.
+fn plan(n: usize, seconds: u64, rng: &mut Jitter) -> (Vec<Beat>, Truth) {
     let end = seconds * 1000;
     let mut beats = Vec::with_capacity(n * (end / (INTERVAL_MS * 6 / 10)) as usize + n);
-    let mut dead = vec![false; n];
-    let mut dies_at = vec![u64::MAX; n];
+    let mut truth = Truth {
+        dead: vec![false; n],
+        last_beat: vec![0; n],
+    };
     for c in 0..n {
         let dies = rng.next_u64().is_multiple_of(100);
         let death = if dies { rng.next_u64() % end } else { u64::MAX };
-        dead[c] = dies;
-        dies_at[c] = death;
+        truth.dead[c] = dies;
         let mut t = rng.next_u64() % INTERVAL_MS;
         while t < end && t < death {
             beats.push((t, c as u32));
+            truth.last_beat[c] = t;
             let gap = INTERVAL_MS * 6 / 10 + rng.next_u64() % (INTERVAL_MS * 4 / 10);
             t += gap;
         }
     }
     beats.sort_unstable();
-    (beats, dead, dies_at)
+    (beats, truth)
 }
 
 impl Plan {
@@ -97,10 +111,12 @@ struct Outcome {
     timer_work: Duration,
     heartbeats: u64,
     pings: u64,
-    convicted: Vec<u32>,
+    /// (connection, tick) of each conviction.
+    convicted: Vec<(u32, u64)>,
 }
 
 fn run_wheel(n: usize, plan: &Plan) -> (Outcome, usize) {
+    // Everything allocated from here to `bytes` is liveness state: the wheel, `last_heard`, the keys.
     let before = LIVE.load(Ordering::Relaxed);
     let start = Instant::now();
     let mut wheel: Wheel<u32> = Wheel::new(start);
@@ -128,7 +144,7 @@ fn run_wheel(n: usize, plan: &Plan) -> (Outcome, usize) {
             let c = expired.value as usize;
             let silent = now - last_heard[c];
             if silent >= TIMEOUT_MS {
-                out.convicted.push(c as u32);
+                out.convicted.push((c as u32, now));
                 keys[c] = None;
             } else {
                 out.pings += 1;
@@ -139,10 +155,11 @@ fn run_wheel(n: usize, plan: &Plan) -> (Outcome, usize) {
         out.timer_work += t.elapsed();
         out.heartbeats += beats.len() as u64;
     }
-    (out, bytes + n * std::mem::size_of::<u64>())
+    (out, bytes)
 }
 
 fn run_heap(n: usize, plan: &Plan) -> (Outcome, usize) {
+    // Everything allocated from here to `bytes` is liveness state: the heap, `last_heard`, the keys.
     let before = LIVE.load(Ordering::Relaxed);
     let base = Instant::now();
     let at = |tick: u64| base + Duration::from_millis(tick);
@@ -171,7 +188,7 @@ fn run_heap(n: usize, plan: &Plan) -> (Outcome, usize) {
             let c = c as usize;
             let silent = now - last_heard[c];
             if silent >= TIMEOUT_MS {
-                out.convicted.push(c as u32);
+                out.convicted.push((c as u32, now));
                 keys[c] = None;
             } else {
                 out.pings += 1;
@@ -182,30 +199,47 @@ fn run_heap(n: usize, plan: &Plan) -> (Outcome, usize) {
         out.timer_work += t.elapsed();
         out.heartbeats += beats.len() as u64;
     }
-    (out, bytes + n * std::mem::size_of::<u64>())
+    (out, bytes)
 }
 
-/// Checks the run convicted exactly the connections that died long enough before the end.
-fn check(name: &str, out: &Outcome, dead: &[bool], dies_at: &[u64], end: u64) -> bool {
-    let mut ok = true;
-    for &c in &out.convicted {
-        if !dead[c as usize] {
-            eprintln!("{name}: FALSE conviction of live connection {c}");
-            ok = false;
+/// Convictions judged against the plan.
+#[derive(Debug, Clone, Copy)]
+struct Verdicts {
+    /// Connections convicted.
+    convicted: usize,
+    /// Convicted less than `timeout` after their last heartbeat (any conviction of a connection that
+    /// never dies is one: it heartbeats every `interval` at most).
+    false_convictions: usize,
+    /// Dead, silent for `timeout` before the end of the run, and not convicted.
+    missed: usize,
+}
+
+/// Counts what a run got right and wrong.
+fn judge(out: &Outcome, truth: &Truth, end: u64) -> Verdicts {
+    let mut convicted = vec![false; truth.dead.len()];
+    let mut false_convictions = 0;
+    for &(c, at) in &out.convicted {
+        let c = c as usize;
+        convicted[c] = true;
+        if !truth.dead[c] || at < truth.last_beat[c] + TIMEOUT_MS {
+            false_convictions += 1;
         }
     }
-    let should = dies_at
-        .iter()
-        .filter(|&&d| d != u64::MAX && d + TIMEOUT_MS + INTERVAL_MS <= end)
+    let missed = (0..truth.dead.len())
+        .filter(|&c| truth.dead[c] && truth.last_beat[c] + TIMEOUT_MS <= end && !convicted[c])
         .count();
-    if out.convicted.len() < should {
-        eprintln!(
-            "{name}: convicted {} but {should} were dead for longer than the timeout",
-            out.convicted.len()
-        );
-        ok = false;
+    Verdicts {
+        convicted: out.convicted.len(),
+        false_convictions,
+        missed,
     }
-    ok
+}
+
+/// Dead connections silent for `timeout` before the end: the convictions due.
+fn due(truth: &Truth, end: u64) -> usize {
+    (0..truth.dead.len())
+        .filter(|&c| truth.dead[c] && truth.last_beat[c] + TIMEOUT_MS <= end)
+        .count()
 }
 
 fn main() {
@@ -217,21 +251,20 @@ fn main() {
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(60);
     let end = seconds * 1000;
     let mut rng = Jitter::from_seed(0x5eed);
-    let (beats, dead, dies_at) = plan(n, seconds, &mut rng);
+    let (beats, truth) = plan(n, seconds, &mut rng);
     let plan = Plan::new(&beats, end);
     drop(beats);
 
     let (wheel, wheel_bytes) = run_wheel(n, &plan);
     let (heap, heap_bytes) = run_heap(n, &plan);
-    let ok =
-        check("wheel", &wheel, &dead, &dies_at, end) & check("heap", &heap, &dead, &dies_at, end);
+    let (w, h) = (judge(&wheel, &truth, end), judge(&heap, &truth, end));
 
     let per = |o: &Outcome| o.timer_work.as_nanos() as f64 / o.heartbeats.max(1) as f64;
     println!(
         "setup connections={n} simulated_s={seconds} interval_ms={INTERVAL_MS} timeout_ms={TIMEOUT_MS} \
          heartbeats={} dead={}",
         wheel.heartbeats,
-        dead.iter().filter(|d| **d).count()
+        truth.dead.iter().filter(|d| **d).count()
     );
     println!(
         "timer_work vitals_ns_per_heartbeat={:.1} heap_ns_per_heartbeat={:.1} ratio_vs_heap={:.2}",
@@ -245,14 +278,19 @@ fn main() {
         heap_bytes as f64 / n as f64
     );
     println!(
-        "outcome vitals_convicted={} vitals_pings={} heap_convicted={} heap_pings={} false_convictions={}",
-        wheel.convicted.len(),
+        "outcome convictions_due={} vitals_convicted={} vitals_false_convictions={} vitals_missed={} \
+         vitals_pings={} heap_convicted={} heap_false_convictions={} heap_missed={} heap_pings={}",
+        due(&truth, end),
+        w.convicted,
+        w.false_convictions,
+        w.missed,
         wheel.pings,
-        heap.convicted.len(),
+        h.convicted,
+        h.false_convictions,
+        h.missed,
         heap.pings,
-        if ok { 0 } else { 1 }
     );
-    if !ok {
+    if w.false_convictions + w.missed + h.false_convictions + h.missed > 0 {
         std::process::exit(1);
     }
 }

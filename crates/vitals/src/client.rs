@@ -368,7 +368,7 @@ impl Task {
                 self.emit(ClientEvent::Dead {
                     reason: ended.reason.clone(),
                 });
-                m::disconnect(&ended.reason);
+                m::client_disconnect(&ended.reason);
             }
             if let Some(s) = ended.session {
                 self.session = Some(s);

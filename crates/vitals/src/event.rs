@@ -49,6 +49,10 @@ pub enum DisconnectReason {
     /// not trust the peer's), a record that does not decrypt, or a peer that does not speak TLS at all.
     /// The detail is rustls' description.
     Tls(String),
+    /// The application dropped the connection with
+    /// [`ServerHandle::disconnect`](crate::ServerHandle::disconnect): no CLOSE was sent and the
+    /// session was kept for a resume. This reason is the confirmation that the call took effect.
+    Disconnected,
     /// Another I/O error.
     Io(String),
 }
@@ -70,6 +74,7 @@ impl DisconnectReason {
             DisconnectReason::PeerClosed { .. } => "peer_closed",
             DisconnectReason::LocalClose { .. } => "local_close",
             DisconnectReason::Tls(_) => "tls",
+            DisconnectReason::Disconnected => "disconnected",
             DisconnectReason::Io(_) => "io",
         }
     }

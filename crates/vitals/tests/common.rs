@@ -140,9 +140,14 @@ impl ReadCount {
         self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Messages read so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits until message `i` is at most `ahead` past the messages read.
     pub async fn wait_until_within(&self, i: u64, ahead: u64) {
-        while i > self.0.load(std::sync::atomic::Ordering::Relaxed) + ahead {
+        while i > self.get() + ahead {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

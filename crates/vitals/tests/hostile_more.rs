@@ -28,7 +28,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WITHIN: Duration = Duration::from_secs(5);
 
-/// The debugging recorder of this binary (installed once), to read `vitals_auth_failures_total`.
+/// The debugging recorder of this binary (installed once), to read the auth failure counters.
 fn snapshotter() -> &'static Snapshotter {
     static S: OnceLock<Snapshotter> = OnceLock::new();
     S.get_or_init(|| {
@@ -41,17 +41,20 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
-fn counter(name: &str) -> u64 {
-    snapshotter()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, _, _, _)| k.key().name() == name)
-        .map(|(_, _, _, v)| match v {
-            DebugValue::Counter(c) => c,
-            _ => 0,
-        })
-        .sum()
+/// The counters `names` have moved by since the last call: a debugging snapshot hands out each
+/// counter's value and resets it to zero (all counters, not only those read).
+fn counters_moved<const N: usize>(names: [&str; N]) -> [u64; N] {
+    let snapshot = snapshotter().snapshot().into_vec();
+    names.map(|name| {
+        snapshot
+            .iter()
+            .filter(|(k, _, _, _)| k.key().name() == name)
+            .map(|(_, _, _, v)| match v {
+                DebugValue::Counter(c) => *c,
+                _ => 0,
+            })
+            .sum()
+    })
 }
 
 async fn closed_reason(server: &mut Server) -> DisconnectReason {
@@ -462,7 +465,11 @@ async fn resume_of_an_expired_session_is_session_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_auth_token_is_auth_failed_and_counted() {
     let _serial = SERIAL.lock().await;
-    let before = counter(vitals::metrics::AUTH_FAILURES);
+    let auth_counters = [
+        vitals::metrics::AUTH_FAILURES,
+        vitals::metrics::CLIENT_AUTH_REFUSED,
+    ];
+    counters_moved(auth_counters); // from here on
     let token = AuthToken::new(b"correct horse battery staple").unwrap();
     let mut server = Server::bind(server_config().with_auth_token(token)).unwrap();
     let client = {
@@ -516,9 +523,14 @@ async fn a_missing_or_wrong_auth_token_is_auth_failed_and_counted() {
         DisconnectReason::AuthFailed
     );
     exchange(&mut server, &client, b"authenticated").await;
-    // 5 refusals on the server, 1 received by the intruder client (same process, same recorder).
-    let counted = counter(vitals::metrics::AUTH_FAILURES) - before;
-    assert_eq!(counted, 6, "vitals_auth_failures_total moved by {counted}");
+    // 5 refusals by the server, 1 received by the intruder client: separate series, although the
+    // process (and the recorder) is the same.
+    let [counted, refused] = counters_moved(auth_counters);
+    assert_eq!(counted, 5, "vitals_auth_failures_total moved by {counted}");
+    assert_eq!(
+        refused, 1,
+        "vitals_client_auth_refused_total moved by {refused}"
+    );
     // The token never shows in Debug output (configs are often logged whole).
     let shown = format!("{:?}", client_config(&server).with_auth_token(token));
     assert!(!shown.contains("horse"), "{shown}");

@@ -1,5 +1,6 @@
 //! The runtime's metrics move as things happen: a recorder installed for this test binary sees
-//! connections, pings, pongs, RTT samples, bytes, resumes, reconnects and rejected input by reason.
+//! connections, pings, pongs, RTT samples, bytes, resumes, reconnects and bad-input closes by reason;
+//! and every metric that moved has the help text and unit `vitals::metrics::describe` gives it.
 
 mod common;
 
@@ -10,14 +11,20 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use vitals::{Client, ClientEvent, Server, ServerEvent, metrics as m};
 
 /// One metric: name, labels, value.
-type Row = (String, Vec<(String, String)>, DebugValue);
+type Row = (
+    String,
+    Vec<(String, String)>,
+    Option<metrics::Unit>,
+    Option<String>,
+    DebugValue,
+);
 
 /// Sum of a counter over all label sets, or of samples for a histogram.
 fn total(snapshot: &[Row], name: &str) -> f64 {
     snapshot
         .iter()
-        .filter(|(n, _, _)| n == name)
-        .map(|(_, _, v)| match v {
+        .filter(|(n, ..)| n == name)
+        .map(|(.., v)| match v {
             DebugValue::Counter(c) => *c as f64,
             DebugValue::Gauge(g) => g.into_inner(),
             DebugValue::Histogram(h) => h.len() as f64,
@@ -28,8 +35,8 @@ fn total(snapshot: &[Row], name: &str) -> f64 {
 fn labelled(snapshot: &[Row], name: &str, label: &str) -> u64 {
     snapshot
         .iter()
-        .filter(|(n, labels, _)| n == name && labels.iter().any(|(_, v)| v == label))
-        .map(|(_, _, v)| match v {
+        .filter(|(n, labels, ..)| n == name && labels.iter().any(|(_, v)| v == label))
+        .map(|(.., v)| match v {
             DebugValue::Counter(c) => *c,
             _ => 0,
         })
@@ -43,6 +50,7 @@ async fn metrics_follow_what_happens() {
     recorder
         .install()
         .expect("the only recorder of this test binary");
+    m::describe();
 
     let mut server = Server::bind(server_config()).unwrap();
     let mut client = Client::connect(client_config(&server));
@@ -80,13 +88,19 @@ async fn metrics_follow_what_happens() {
         .snapshot()
         .into_vec()
         .into_iter()
-        .map(|(key, _, _, value)| {
+        .map(|(key, unit, help, value)| {
             let key = key.key();
             let labels = key
                 .labels()
                 .map(|l| (l.key().to_string(), l.value().to_string()))
                 .collect();
-            (key.name().to_string(), labels, value)
+            (
+                key.name().to_string(),
+                labels,
+                unit,
+                help.map(|h| h.to_string()),
+                value,
+            )
         })
         .collect();
     for name in [
@@ -106,9 +120,20 @@ async fn metrics_follow_what_happens() {
     }
     assert!(total(&snapshot, m::CONNECTIONS_ACCEPTED) >= 3.0);
     assert!(labelled(&snapshot, m::DISCONNECTS, "protocol_error") >= 1);
-    assert!(labelled(&snapshot, m::FRAMES_REJECTED, "protocol_error") >= 1);
+    assert!(labelled(&snapshot, m::BAD_INPUT_DISCONNECTS, "protocol_error") >= 1);
     assert!(
-        labelled(&snapshot, m::DISCONNECTS, "local_close") >= 1,
+        labelled(&snapshot, m::DISCONNECTS, "disconnected") >= 1,
         "the forced disconnect"
     );
+    // Help text and unit for every metric that moved (a Prometheus exporter prints `# HELP`).
+    for (name, _, unit, help, _) in &snapshot {
+        assert!(
+            name.starts_with("vitals_"),
+            "a metric outside vitals: {name}"
+        );
+        assert!(
+            help.as_deref().is_some_and(|h| !h.is_empty()) && unit.is_some(),
+            "{name} has no help text or unit"
+        );
+    }
 }

@@ -1163,10 +1163,7 @@ impl Loop {
             }
             Command::Disconnect { conn } => {
                 if let Some(idx) = self.index_of(conn) {
-                    self.conns[idx].break_with(DisconnectReason::LocalClose {
-                        code: CloseCode::Normal,
-                        reason: "disconnected by the application; session kept".into(),
-                    });
+                    self.conns[idx].break_with(DisconnectReason::Disconnected);
                     self.touched.push(idx);
                 }
             }

@@ -330,6 +330,16 @@ impl ServerHandle {
 
     /// Drops connection `conn` without a CLOSE frame, keeping its session: the client sees the
     /// connection break, reconnects and resumes (nothing lost). For rebalancing and fault drills.
+    ///
+    /// The drop happens on the connection's event loop, after this returns: `Ok(())` means the
+    /// request was queued, not that a connection was dropped. The confirmation is the connection's
+    /// [`ServerEvent::Closed`]: every connection reported as `Connected` ends with exactly one, and
+    /// its reason is [`DisconnectReason::Disconnected`](crate::DisconnectReason::Disconnected) when
+    /// this call dropped it. A connection that had already ended, or ends first for another reason,
+    /// is left alone (its `Closed` carries that other reason; nothing else is reported), and a
+    /// `conn` that was never a connection of this server is ignored.
+    ///
+    /// Errors: [`Error::Shutdown`] when the server's loops have stopped.
     pub fn disconnect(&self, conn: ConnId) -> Result<(), Error> {
         if self.shared.to_loop_of(conn, Command::Disconnect { conn }) {
             Ok(())
