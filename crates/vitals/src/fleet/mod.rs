@@ -129,7 +129,7 @@ pub enum Store {
     /// In this process, behind the [`SessionStore`] trait.
     Local(Box<dyn SessionStore + Send>),
     /// In Redis.
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 impl From<Box<dyn SessionStore + Send>> for Store {
@@ -152,6 +152,6 @@ impl From<MemoryStore> for Store {
 
 impl From<RedisStore> for Store {
     fn from(s: RedisStore) -> Store {
-        Store::Redis(s)
+        Store::Redis(Box::new(s))
     }
 }

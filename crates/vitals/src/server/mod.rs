@@ -84,7 +84,7 @@ impl Server {
                     ));
                 }
                 cfg.proto.session.commit_acks = true;
-                let (handle, starter) = fleet_task::channel(redis);
+                let (handle, starter) = fleet_task::channel(*redis);
                 let empty: Box<dyn vitals_proto::SessionStore + Send> =
                     Box::new(MemoryStore::new());
                 (empty, Some((handle, starter)))
