@@ -381,3 +381,244 @@ async fn three_servers_forced_disconnects_and_a_drain_lose_and_duplicate_nothing
         s.confirmed
     );
 }
+
+mod race {
+    //! Raw peers that race to resume one session on two servers.
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use vitals::vitals_proto::frame::{self, Frame, Hello};
+    use vitals::vitals_proto::{FrameDecoder, Limits, ResumeToken};
+
+    pub(super) fn hello(resume: Option<(SessionId, ResumeToken, u64)>) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame::encode_hello(
+            &mut out,
+            &Hello {
+                version: frame::VERSION,
+                interval_ms: 1000,
+                timeout_ms: 3000,
+                resume,
+                auth: None,
+            },
+        );
+        out
+    }
+
+    /// Frames read from `s` for `window` (or until it closes).
+    pub(super) fn frames_for(s: &mut TcpStream, window: Duration) -> Vec<Frame> {
+        let end = std::time::Instant::now() + window;
+        let mut d = FrameDecoder::new(Limits::default());
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            s.set_read_timeout(Some(left)).unwrap();
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => {
+                    d.push(&buf[..n]).unwrap();
+                    while let Some(f) = d.next_frame().unwrap() {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a new session on `addr` the way a client does; returns its id and token.
+    pub(super) fn new_session(addr: std::net::SocketAddr) -> (TcpStream, SessionId, ResumeToken) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&hello(None)).unwrap();
+        let mut d = FrameDecoder::new(Limits::default());
+        let mut buf = [0u8; 4096];
+        s.set_read_timeout(Some(WITHIN)).unwrap();
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            d.push(&buf[..n]).unwrap();
+            if let Some(Frame::Welcome(w)) = d.next_frame().unwrap() {
+                let mut ack = Vec::new();
+                frame::encode_ack(&mut ack, 0);
+                s.write_all(&ack).unwrap();
+                return (s, w.session_id, w.token);
+            }
+        }
+    }
+}
+
+/// Two clients that hold one session's id and token race to resume it, on two servers, at the same
+/// moment: both takeovers are fenced by the session's epoch, so exactly one connection keeps the
+/// session (the later takeover; the other is closed) and Redis names its server as the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_racing_to_take_over_one_session_leave_exactly_one_owner() {
+    let redis = RedisServer::start();
+    let make = |node: &str| {
+        let store = RedisStore::with_config(&redis.url(), fleet_cfg(node)).unwrap();
+        let cfg = server_config().with_timing(Duration::from_secs(1), Duration::from_secs(3));
+        Server::bind_with_store(cfg, store).unwrap()
+    };
+    let servers = [make("a"), make("b")];
+    let addrs = [servers[0].local_addr(), servers[1].local_addr()];
+    let backend = Backend::connect(&redis.url(), &fleet_cfg("a"))
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let (first, sid, token) =
+            tokio::task::spawn_blocking(move || race::new_session(addrs[round % 2]))
+                .await
+                .unwrap();
+        let end = tokio::time::Instant::now() + WITHIN;
+        while backend.presence(sid).await.unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < end);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(first);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|i| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut s = std::net::TcpStream::connect(addrs[i]).unwrap();
+                    barrier.wait();
+                    std::io::Write::write_all(&mut s, &race::hello(Some((sid, token, 0)))).unwrap();
+                    let frames = race::frames_for(&mut s, Duration::from_millis(1500));
+                    (frames, s)
+                })
+            })
+            .collect();
+        // The sockets stay open until presence is read (a closed survivor would park the session).
+        let (seen, _sockets): (Vec<Vec<_>>, Vec<_>) =
+            racers.into_iter().map(|r| r.join().unwrap()).unzip();
+        let closed: Vec<bool> = seen
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .any(|f| matches!(f, vitals::vitals_proto::Frame::Close { .. }))
+            })
+            .collect();
+        assert_eq!(
+            closed.iter().filter(|c| !**c).count(),
+            1,
+            "round {round}: exactly one racer keeps the session: {seen:?}"
+        );
+        let winner = closed.iter().position(|c| !c).unwrap();
+        let p = backend.presence(sid).await.unwrap().unwrap();
+        assert_eq!(p.owner, ["a", "b"][winner], "round {round}");
+        assert!(p.live);
+        assert_eq!(p.epoch, 3, "one register and two takeovers");
+    }
+}
+
+/// The functions themselves fence a stale owner: after a takeover, a commit, ack, park or touch
+/// with the old epoch changes nothing and says `fenced`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owner_is_fenced_by_the_epoch() {
+    let redis = RedisServer::start();
+    let _backend = Backend::connect(&redis.url(), &fleet_cfg("a"))
+        .await
+        .unwrap(); // loads the functions
+    let keys = fleet_cfg("a").keys();
+    let sid = SessionId(0x1234);
+    let p = keys.partition(sid);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let field = vitals::fleet::FleetKeys::session_field(sid);
+    let call = |f: &str, k: Vec<String>, a: Vec<String>| {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(f).arg(k.len()).arg(k).arg(a);
+        cmd
+    };
+    let status = |v: Vec<redis::Value>| match v.first() {
+        Some(redis::Value::BulkString(s)) => String::from_utf8(s.clone()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let s = |x: &str| x.to_string();
+    let reg: Vec<redis::Value> = call(
+        "vitals_register",
+        vec![keys.session(sid), keys.live(p), keys.events(p)],
+        vec![field.clone(), s("tok"), s("a"), s("1"), s("60000")],
+    )
+    .query_async(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(status(reg), "ok");
+    let take: Vec<redis::Value> = call(
+        "vitals_takeover",
+        vec![
+            keys.session(sid),
+            keys.outbound(sid),
+            keys.live(p),
+            keys.events(p),
+        ],
+        vec![
+            field.clone(),
+            s("tok"),
+            s("b"),
+            s("0"),
+            s("2"),
+            s("60000"),
+            keys.channel_prefix(),
+        ],
+    )
+    .query_async(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(status(take), "ok");
+    let commit: Vec<redis::Value> = call(
+        "vitals_commit",
+        vec![keys.session(sid), keys.inbound(p)],
+        vec![field.clone(), s("1"), s("a"), s("0"), s("1000"), s("late")],
+    )
+    .query_async(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(status(commit), "fenced");
+    for (f, k, a) in [
+        (
+            "vitals_ack",
+            vec![keys.session(sid), keys.outbound(sid)],
+            vec![s("1"), s("0")],
+        ),
+        (
+            "vitals_park",
+            vec![
+                keys.session(sid),
+                keys.outbound(sid),
+                keys.live(p),
+                keys.events(p),
+            ],
+            vec![
+                field.clone(),
+                s("1"),
+                s("a"),
+                s("eof"),
+                s("60000"),
+                s("0"),
+                s("3"),
+            ],
+        ),
+        (
+            "vitals_touch",
+            vec![keys.session(sid), keys.outbound(sid)],
+            vec![s("1"), s("60000"), s("0")],
+        ),
+    ] {
+        let v: Vec<redis::Value> = call(f, k, a).query_async(&mut c).await.unwrap();
+        assert_eq!(status(v), "fenced", "{f}");
+    }
+    assert!(
+        inbound(&redis.url(), &keys).await.is_empty(),
+        "the stale commit wrote nothing"
+    );
+    let backend = Backend::connect(&redis.url(), &fleet_cfg("a"))
+        .await
+        .unwrap();
+    let presence = backend.presence(sid).await.unwrap().unwrap();
+    assert_eq!(
+        (presence.owner.as_str(), presence.live, presence.epoch),
+        ("b", true, 2)
+    );
+}
