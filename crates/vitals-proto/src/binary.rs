@@ -1166,6 +1166,10 @@ impl Binary {
         Some((id, token, Seq(ack)))
     }
 
+    pub(crate) fn timeout(&self) -> Duration {
+        self.live.timeout()
+    }
+
     pub(crate) fn send_next(&self) -> Option<Seq> {
         self.session().map(|s| s.send_next())
     }

@@ -358,6 +358,15 @@ impl Connection {
         }
     }
 
+    /// The liveness timeout in force: the granted one once HELLO (server) or WELCOME (client) was
+    /// handled, the configured one before.
+    pub fn timeout(&self) -> Duration {
+        match &self.inner {
+            Inner::Binary(b) => b.timeout(),
+            Inner::Json(j) => j.timeout(),
+        }
+    }
+
     /// The sequence number the next message sent will get (binary codec, once a session is held).
     pub fn send_next(&self) -> Option<Seq> {
         match &self.inner {

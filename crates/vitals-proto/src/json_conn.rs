@@ -166,6 +166,10 @@ impl Json {
         self.live.rtt()
     }
 
+    pub(crate) fn timeout(&self) -> Duration {
+        self.live.timeout()
+    }
+
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
         if self.rtt_event {
             self.rtt_event = false;

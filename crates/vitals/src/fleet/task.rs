@@ -33,7 +33,7 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Outbound messages fetched per call.
 const FETCH_COUNT: usize = 512;
 /// How long one pipeline may take before the connection is dropped and the batch retried.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest pause between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the node writes its heartbeat into the nodes hash.
@@ -55,12 +55,14 @@ pub(crate) enum Op {
         seq: u64,
         payload: Bytes,
     },
-    /// A client on `conn` resumes `sid` with `token`, having received our messages below `client_ack`.
+    /// A client on `conn` resumes `sid` with `token`, having received our messages below `client_ack`;
+    /// it waits at most `wait` (then it is told `Unavailable`).
     Takeover {
         sid: SessionId,
         token: ResumeToken,
         client_ack: u64,
         conn: ConnId,
+        wait: Duration,
     },
     /// The client acknowledged our messages below `next`.
     Acked { sid: SessionId, next: u64 },
@@ -265,6 +267,8 @@ enum Call {
         client_ack: u64,
         conn: ConnId,
         deadline: Instant,
+        /// The loop was told `Unavailable` while this call was in flight.
+        answered: bool,
     },
     Publish {
         sid: SessionId,
@@ -412,10 +416,7 @@ impl Task {
                 }
                 let tick = tokio::time::sleep_until(self.next_heartbeat.into());
                 tokio::select! {
-                    op = self.rx.recv() => match op {
-                        Some(op) => self.take(op),
-                        None => self.stopping = Some(Instant::now()),
-                    },
+                    op = self.rx.recv() => self.take_or_stop(op),
                     door = self.door_rx.recv() => {
                         if let Some(d) = door {
                             self.door(d);
@@ -455,6 +456,14 @@ impl Task {
         self.pending.is_empty() && self.acks.is_empty() && self.fetch.is_empty()
     }
 
+    /// Takes a received operation; `None` (every sender gone) means stop now.
+    fn take_or_stop(&mut self, op: Option<Op>) {
+        match op {
+            Some(op) => self.take(op),
+            None => self.stopping = Some(Instant::now()),
+        }
+    }
+
     /// Turns an operation into a call (merging a commit into the one before when it continues it).
     fn take(&mut self, op: Op) {
         let now = Instant::now();
@@ -492,12 +501,14 @@ impl Task {
                 token,
                 client_ack,
                 conn,
+                wait,
             } => Call::Takeover {
                 sid,
                 token,
                 client_ack,
                 conn,
-                deadline: now + self.cfg.resume_wait,
+                deadline: now + wait,
+                answered: false,
             },
             Op::Acked { sid, next } => {
                 let e = self.acks.entry(sid).or_insert(next);
@@ -613,8 +624,27 @@ impl Task {
         if calls.is_empty() {
             return;
         }
-        let answer =
-            tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<Vec<Value>>(&mut conn)).await;
+        let query = pipe.query_async::<Vec<Value>>(&mut conn);
+        tokio::pin!(query);
+        let give_up = Instant::now() + CALL_TIMEOUT;
+        let answer = loop {
+            // A resume waits at most its bound, even while its call is in flight.
+            let wake = self
+                .earliest_deadline(&calls)
+                .map_or(give_up, |d| d.min(give_up));
+            tokio::select! {
+                r = &mut query => break Ok(r),
+                // New operations are queued meanwhile, so that their bounds are watched too.
+                op = self.rx.recv(), if self.stopping.is_none() => self.take_or_stop(op),
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if Instant::now() >= give_up {
+                        break Err(());
+                    }
+                    self.answer_expired(&mut calls);
+                    self.fail_expired();
+                }
+            }
+        };
         match answer {
             Ok(Ok(values)) if values.len() == calls.len() => {
                 if values.iter().any(is_missing_function) {
@@ -672,7 +702,7 @@ impl Task {
     async fn wait_backoff(&mut self) {
         let pause = self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        tokio::time::sleep(pause).await;
+        self.guarded(tokio::time::sleep(pause)).await;
     }
 
     /// The connection, (re)made and with the function library loaded.
@@ -680,17 +710,19 @@ impl Task {
         if let Some(c) = &self.conn {
             return Some(c.clone());
         }
-        let made = tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut c = self.client.get_multiplexed_async_connection().await?;
-            redis::cmd("FUNCTION")
-                .arg("LOAD")
-                .arg("REPLACE")
-                .arg(FUNCTIONS)
-                .query_async::<String>(&mut c)
-                .await?;
-            Ok::<_, redis::RedisError>(c)
-        })
-        .await;
+        let client = self.client.clone();
+        let made = self
+            .guarded(tokio::time::timeout(CALL_TIMEOUT, async move {
+                let mut c = client.get_multiplexed_async_connection().await?;
+                redis::cmd("FUNCTION")
+                    .arg("LOAD")
+                    .arg("REPLACE")
+                    .arg(FUNCTIONS)
+                    .query_async::<String>(&mut c)
+                    .await?;
+                Ok::<_, redis::RedisError>(c)
+            }))
+            .await;
         match made {
             Ok(Ok(c)) => {
                 self.conn = Some(c.clone());
@@ -707,6 +739,68 @@ impl Task {
                 self.mark_up(false);
                 tracing::warn!("fleet: Redis did not answer within {CALL_TIMEOUT:?}");
                 None
+            }
+        }
+    }
+
+    /// The earliest bound of a resume still waiting, in flight (`calls`) or queued, or of a queued
+    /// send.
+    fn earliest_deadline(&self, calls: &[Call]) -> Option<Instant> {
+        let in_flight = calls.iter().filter_map(|c| match c {
+            Call::Takeover {
+                deadline,
+                answered: false,
+                ..
+            } => Some(*deadline),
+            _ => None,
+        });
+        let queued = self.pending.iter().filter_map(|c| match c {
+            Call::Takeover { deadline, .. } | Call::Publish { deadline, .. } => Some(*deadline),
+            _ => None,
+        });
+        in_flight.chain(queued).min()
+    }
+
+    /// Awaits `fut` (which must not borrow the task), answering meanwhile the queued resumes and
+    /// sends whose bound passes: Redis being slow or away never holds a client past its bound.
+    async fn guarded<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(fut);
+        loop {
+            let wake = self.earliest_deadline(&[]);
+            tokio::select! {
+                r = &mut fut => return r,
+                op = self.rx.recv(), if self.stopping.is_none() => self.take_or_stop(op),
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {
+                    self.fail_expired();
+                }
+            }
+        }
+    }
+
+    /// Tells the loops `Unavailable` for the resumes in flight whose bound has passed. Their calls
+    /// go on: one that succeeds after all is parked at once (its client was told to come back).
+    fn answer_expired(&self, calls: &mut [Call]) {
+        let now = Instant::now();
+        for call in calls {
+            if let Call::Takeover {
+                sid,
+                conn,
+                deadline,
+                answered,
+                ..
+            } = call
+                && !*answered
+                && now >= *deadline
+            {
+                *answered = true;
+                self.reply_to(
+                    *conn,
+                    Reply::Resumed {
+                        conn: *conn,
+                        sid: *sid,
+                        result: Err(SessionError::Unavailable),
+                    },
+                );
             }
         }
     }
@@ -956,16 +1050,17 @@ impl Task {
                 payloads,
             } => match status(&v) {
                 "ok" => {
+                    // Every payload of this call is in the stream now: written by this answer, or
+                    // (those below its `first_new`) by an earlier attempt of the same call whose
+                    // answer was lost — within one epoch only this node commits, and only once per
+                    // message, so the application is told each exactly once here.
                     let next = int_at(&v, 1).unwrap_or(first);
-                    let first_new = int_at(&v, 2).unwrap_or(first);
-                    for (i, payload) in payloads.into_iter().enumerate() {
-                        if first + i as u64 >= first_new {
-                            let _ = self.events.send(ServerEvent::Message {
-                                conn,
-                                session: Some(sid),
-                                payload,
-                            });
-                        }
+                    for payload in payloads {
+                        let _ = self.events.send(ServerEvent::Message {
+                            conn,
+                            session: Some(sid),
+                            payload,
+                        });
                     }
                     self.reply_to(conn, Reply::Committed { conn, next });
                 }
@@ -982,6 +1077,7 @@ impl Task {
                 sid,
                 client_ack,
                 conn,
+                answered,
                 ..
             } => {
                 let result = match status(&v) {
@@ -1016,6 +1112,18 @@ impl Task {
                     "error" => Err(SessionError::Unavailable),
                     _ => Err(SessionError::Unknown),
                 };
+                if answered {
+                    // Its client was told `Unavailable` and will resume again: park what we took.
+                    if result.is_ok() {
+                        self.pending.push_front(Call::Park {
+                            sid,
+                            conn,
+                            reason: "resume_timed_out",
+                            rtt_us: 0,
+                        });
+                    }
+                    return;
+                }
                 self.reply_to(conn, Reply::Resumed { conn, sid, result });
             }
             Call::Publish {

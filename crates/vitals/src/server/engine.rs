@@ -798,11 +798,15 @@ impl Loop {
                 && let Some((sid, token, ack)) = conn.proto.pending_resume()
             {
                 conn.awaiting_resume = true;
+                // Neither side hears the other while the resume waits: answer (`Unavailable` at
+                // worst) well before either would convict the other for the silence.
+                let wait = fleet.cfg.resume_wait.min(conn.proto.timeout() / 3);
                 fleet.op(Op::Takeover {
                     sid,
                     token,
                     client_ack: ack.0,
                     conn: id,
+                    wait,
                 });
             }
             return;
