@@ -185,6 +185,9 @@ pub(crate) enum FileValue<T> {
 /// echo = false
 /// client_driven = false
 /// drain = "5s"
+/// store = "redis://127.0.0.1:6379/"   # or "memory" (docs/FLEET.md)
+/// node = "edge-1"
+/// partitions = 16
 /// ```
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +214,12 @@ pub(crate) struct ServeFile {
     pub(crate) client_driven: Option<bool>,
     /// How long a graceful shutdown waits for queued bytes to leave.
     pub(crate) drain: Option<String>,
+    /// Redis URL of a fleet's session store, or `memory`.
+    pub(crate) store: Option<String>,
+    /// Node id in a fleet.
+    pub(crate) node: Option<String>,
+    /// Partitions of a fleet.
+    pub(crate) partitions: Option<u64>,
 }
 
 impl ServeFile {
@@ -252,6 +261,23 @@ pub(crate) fn parse_opt_addr(s: &str) -> Result<Option<std::net::SocketAddr>, St
     match s {
         "" | "off" | "none" => Ok(None),
         other => parse_addr(other).map(Some),
+    }
+}
+
+/// Parses a session store: `memory` (or `off`, empty) keeps sessions in the process; a
+/// `redis://`, `rediss://` or `redis+unix://` URL names a fleet's Redis.
+pub(crate) fn parse_opt_store(s: &str) -> Result<Option<String>, String> {
+    match s {
+        "" | "off" | "none" | "memory" => Ok(None),
+        url if ["redis://", "rediss://", "redis+unix://"]
+            .iter()
+            .any(|p| url.starts_with(p)) =>
+        {
+            Ok(Some(url.to_string()))
+        }
+        other => Err(format!(
+            "`{other}` is not a session store: give a redis:// URL, or `memory`"
+        )),
     }
 }
 

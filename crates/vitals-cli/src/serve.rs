@@ -17,7 +17,7 @@ use vitals::{Codec, Server, ServerConfig, ServerEvent};
 
 use crate::config::{
     FileValue, Layers, Names, ServeFile, Sourced, codec_name, parse_addr, parse_bool, parse_codec,
-    parse_count, parse_duration, parse_opt_addr, parse_opt_duration,
+    parse_count, parse_duration, parse_opt_addr, parse_opt_duration, parse_opt_store,
 };
 use crate::http::{self, status::Info, status::Status};
 
@@ -62,6 +62,19 @@ pub(crate) struct ServeArgs {
     /// two; see docs/LIVENESS.md for when not to) [env: VITALS_CLIENT_DRIVEN].
     #[arg(long)]
     client_driven: bool,
+    /// Keep sessions in Redis, shared by every server given the same URL (a fleet, docs/FLEET.md):
+    /// `redis://host:port/db`, or `memory` for this process only
+    /// [env: VITALS_STORE] [default: memory].
+    #[arg(long, value_parser = |s: &str| parse_opt_store(s).map(Switch))]
+    store: Option<Switch<String>>,
+    /// This server's node id in a fleet, unique among its servers
+    /// [env: VITALS_NODE] [default: host name, process id and a random suffix].
+    #[arg(long)]
+    node: Option<String>,
+    /// Partitions of a fleet's sessions (each an inbound and an event stream in Redis); every server
+    /// of a fleet must use the same value [env: VITALS_PARTITIONS] [default: 16].
+    #[arg(long, value_parser = parse_count)]
+    partitions: Option<u64>,
     /// On SIGINT/SIGTERM, give queued bytes this long to leave [env: VITALS_DRAIN] [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     drain: Option<Duration>,
@@ -112,6 +125,12 @@ pub(crate) struct Settings {
     pub(crate) client_driven: Sourced<bool>,
     /// Drain time at shutdown.
     pub(crate) drain: Sourced<Duration>,
+    /// Redis URL of the fleet's session store (`None`: in this process).
+    pub(crate) store: Sourced<Option<String>>,
+    /// Node id in the fleet (`None`: the default).
+    pub(crate) node: Sourced<Option<String>>,
+    /// Partitions of the fleet.
+    pub(crate) partitions: Sourced<u64>,
 }
 
 /// `--name`, `VITALS_NAME`, `name`.
@@ -235,6 +254,27 @@ impl Settings {
                 parse_duration,
                 Duration::from_secs(5),
             )?,
+            store: l.pick(
+                names!("--store", "VITALS_STORE", "store"),
+                args.store.clone().map(|s| s.0),
+                file_text(&file.store),
+                parse_opt_store,
+                None,
+            )?,
+            node: l.pick(
+                names!("--node", "VITALS_NODE", "node"),
+                args.node.clone().map(Some),
+                file_text(&file.node),
+                |s: &str| Ok(Some(s.to_string())),
+                None,
+            )?,
+            partitions: l.pick(
+                names!("--partitions", "VITALS_PARTITIONS", "partitions"),
+                args.partitions,
+                file.partitions.map(FileValue::Typed),
+                parse_count,
+                16,
+            )?,
         };
         s.validate()?;
         Ok(s)
@@ -266,6 +306,7 @@ impl Settings {
                 &self.max_connections,
             ),
             ("loops", "--loops", &self.loops),
+            ("partitions", "--partitions", &self.partitions),
         ] {
             if v.value == 0 {
                 anyhow::bail!(
@@ -279,6 +320,28 @@ impl Settings {
                 "loops ({}, {}) is too large; use at most the number of cores",
                 self.loops.value,
                 self.loops.source
+            );
+        }
+        if self.partitions.value > u64::from(u16::MAX) {
+            anyhow::bail!(
+                "partitions ({}, {}) is too large; 16 suits most fleets",
+                self.partitions.value,
+                self.partitions.source
+            );
+        }
+        if self.store.value.is_some() && self.codec.value != Codec::Binary {
+            anyhow::bail!(
+                "store ({}) needs the binary codec ({}): JSON peers have no sessions to share; drop --store or use --codec binary",
+                self.store.source,
+                self.codec.source
+            );
+        }
+        if let Some(node) = &self.node.value
+            && (node.is_empty() || node.contains(char::is_whitespace))
+        {
+            anyhow::bail!(
+                "node ({node:?}, {}) must be non-empty and without spaces",
+                self.node.source
             );
         }
         if self.max_connection_age.value == Some(Duration::ZERO) {
@@ -396,8 +459,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let mut server =
-        Server::bind(cfg).with_context(|| format!("cannot listen on {}", settings.listen.value))?;
+    let fleet_cfg = settings.store.value.as_ref().map(|url| {
+        let mut fleet = vitals::FleetConfig::default();
+        if let Some(node) = &settings.node.value {
+            fleet.node = node.clone();
+        }
+        fleet.partitions = u16::try_from(settings.partitions.value).unwrap_or(u16::MAX);
+        (url.clone(), fleet)
+    });
+    let mut server = match &fleet_cfg {
+        None => Server::bind(cfg),
+        Some((url, fleet)) => {
+            let store = vitals::RedisStore::with_config(url, fleet.clone())?;
+            tracing::info!(node = %store.config().node, "sessions kept in Redis (a fleet)");
+            Server::bind_with_store(cfg, store)
+        }
+    }
+    .with_context(|| format!("cannot listen on {}", settings.listen.value))?;
     if tls {
         tracing::info!("TLS enabled");
     }
@@ -411,6 +489,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         loops: usize::try_from(settings.loops.value).unwrap_or(1),
         max_connections: usize::try_from(settings.max_connections.value).unwrap_or(usize::MAX),
         echo: settings.echo.value,
+        store: match &fleet_cfg {
+            None => "memory".into(),
+            Some((_, fleet)) => format!("redis (node {})", fleet.node),
+        },
     })?);
     let mut http_task = None;
     let mut http_note = String::new();
@@ -424,6 +506,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             status: Arc::clone(&status),
             open: Box::new(move || counted.connections()),
             prometheus,
+            fleet: fleet_cfg.clone(),
         });
         http_task = Some(tokio::spawn(http::serve(listener, app)));
         http_note = format!(", status page http://{bound}/");
@@ -536,6 +619,9 @@ mod tests {
             echo: false,
             client_driven: false,
             drain: None,
+            store: None,
+            node: None,
+            partitions: None,
             tls_cert: None,
             tls_key: None,
             auth_token_file: None,

@@ -1,7 +1,8 @@
 //! The status page of `vitals serve --http ADDR`: a small hand-written HTTP/1.1 responder over tokio.
 //!
 //! Routes: `/` (a self-contained HTML page that polls `/status.json` every second and draws its
-//! charts with inline SVG), `/status.json` (see [`status::Snapshot`]) and `/metrics` (Prometheus text
+//! charts with inline SVG), `/status.json` (see [`status::Snapshot`]), in a fleet `/fleet.json` (nodes and
+//! live sessions with owner, since and RTT, read from Redis), and `/metrics` (Prometheus text
 //! format, rendered by the `metrics-exporter-prometheus` recorder the server's library metrics go
 //! to). GET and HEAD only; one request per connection (`Connection: close`); the request head is
 //! bounded ([`MAX_REQUEST`]) and must arrive within [`REQUEST_TIMEOUT`]; at most
@@ -37,6 +38,44 @@ pub(crate) struct App {
     pub(crate) open: Box<dyn Fn() -> usize + Send + Sync>,
     /// The Prometheus recorder's handle.
     pub(crate) prometheus: PrometheusHandle,
+    /// In a fleet: the Redis URL and fleet configuration, for `/fleet.json` (presence from Redis).
+    pub(crate) fleet: Option<(String, vitals::FleetConfig)>,
+}
+
+/// Most live sessions `/fleet.json` lists.
+const FLEET_SESSIONS_SHOWN: usize = 1000;
+
+/// `/fleet.json`: the fleet's nodes (with their last heartbeat) and its live sessions (owner, since,
+/// last RTT), read from Redis as a backend would.
+async fn fleet_json(url: &str, cfg: &vitals::FleetConfig) -> Response {
+    let read = async {
+        let backend = vitals::fleet::Backend::connect(url, cfg).await?;
+        let nodes = backend.nodes().await?;
+        let live = backend.live_sessions().await?;
+        let mut sessions = Vec::new();
+        for (sid, since) in live.iter().take(FLEET_SESSIONS_SHOWN) {
+            if let Some(p) = backend.presence(*sid).await? {
+                sessions.push(serde_json::json!({
+                    "session": vitals::fleet::FleetKeys::session_field(*sid),
+                    "owner": p.owner,
+                    "since_ms": since,
+                    "rtt_us": p.rtt_us,
+                    "epoch": p.epoch,
+                }));
+            }
+        }
+        Ok::<_, vitals::Error>(serde_json::json!({
+            "node": cfg.node,
+            "nodes": nodes,
+            "live_sessions": live.len(),
+            "sessions": sessions,
+        }))
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(v)) => Response::new("200 OK", "application/json", v.to_string()),
+        Ok(Err(e)) => Response::text("503 Service Unavailable", &format!("{e}\n")),
+        Err(_) => Response::text("503 Service Unavailable", "Redis did not answer in time\n"),
+    }
 }
 
 /// A parsed request line.
@@ -192,7 +231,10 @@ async fn handle(mut stream: TcpStream, app: &App) -> std::io::Result<()> {
             false,
         ),
         Ok(Ok(true)) => match parse_request(&buf) {
-            Ok(req) => (respond(app, &req), req.head_only),
+            Ok(req) => match (&app.fleet, req.path.as_str()) {
+                (Some((url, cfg)), "/fleet.json") => (fleet_json(url, cfg).await, req.head_only),
+                _ => (respond(app, &req), req.head_only),
+            },
             Err(Reject::Malformed) => (Response::text("400 Bad Request", "bad request\n"), false),
             Err(Reject::Method) => {
                 let mut r = Response::text("405 Method Not Allowed", "only GET and HEAD\n");

@@ -43,6 +43,9 @@ pub(crate) struct Info {
     pub(crate) max_connections: usize,
     /// Whether messages are echoed back.
     pub(crate) echo: bool,
+    /// Where sessions live: `memory`, or `redis` with this node's id in the fleet
+    /// (`/fleet.json` and `vitals_fleet_up` say more).
+    pub(crate) store: String,
 }
 
 /// Is this ending a conviction (the server judged the peer dead) rather than an orderly or
@@ -376,6 +379,7 @@ mod tests {
         Info {
             listen: SocketAddr::from(([127, 0, 0, 1], 1)),
             codec: "binary",
+            store: "memory".into(),
             interval_ms: 1000,
             timeout_ms: 3000,
             loops: 1,

@@ -61,7 +61,8 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `vitals serve --listen 127.0.0.1:0 ARGS…` and waits (≤ 20 s) for its listening line.
+    /// Starts `vitals serve --listen 127.0.0.1:0 ARGS…` (ARGS may give their own `--listen`) and waits
+    /// (≤ 20 s) for its listening line.
     pub(crate) fn start(args: &[&str]) -> Daemon {
         Self::start_with_env(args, &[])
     }
@@ -70,9 +71,11 @@ impl Daemon {
     pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let stderr = scratch("serve.stderr");
         let mut cmd = Command::new(bin());
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
