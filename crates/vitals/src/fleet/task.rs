@@ -1136,8 +1136,24 @@ impl Task {
                     if let Some(r) = reply {
                         let _ = r.send(Ok(()));
                     }
-                    // Ours: no need to wait for the doorbell.
-                    self.want_fetch(sid);
+                    // Ours (no doorbell rings for our own publishes): hand it over at once when it
+                    // is the next one, else read the stream from where we are.
+                    match (self.owned.get_mut(&sid), int_at(&v, 1)) {
+                        (Some(o), Some(seq)) if seq == o.next_out => {
+                            o.next_out += 1;
+                            let conn = o.conn;
+                            self.reply_to(
+                                conn,
+                                Reply::Outbound {
+                                    conn,
+                                    sid,
+                                    seq,
+                                    payload,
+                                },
+                            );
+                        }
+                        _ => self.want_fetch(sid),
+                    }
                 }
                 "full" => self.refuse(
                     sid,

@@ -76,7 +76,8 @@ local function commit(keys, args)
 end
 
 -- KEYS: meta, out. ARGV: sid, origin, counter, max_pending, channel_prefix, payload.
--- Answers {'ok', seq, owner} ({'ok', -1, owner} for a retried publish already applied).
+-- Answers {'ok', seq, owner} ({'ok', -1, owner} for a retried publish already applied). The owner's
+-- doorbell rings unless the publisher is the owner (it hands the message over itself).
 local function publish(keys, args)
   local meta, out = keys[1], keys[2]
   local sid, origin, counter, maxpending, chan = args[1], args[2], tonumber(args[3]), tonumber(args[4]), args[5]
@@ -92,15 +93,20 @@ local function publish(keys, args)
     return {'full'}
   end
   redis.call('XADD', out, out_id(nxt), 'd', args[6])
-  redis.call('HSET', meta, 'out_next', nxt + 1)
   if counter > 0 then
-    redis.call('HSET', meta, 'p:' .. origin, counter)
+    redis.call('HSET', meta, 'out_next', nxt + 1, 'p:' .. origin, counter)
+  else
+    redis.call('HSET', meta, 'out_next', nxt + 1)
   end
-  local ttl = redis.call('PTTL', meta)
-  if ttl > 0 then
-    redis.call('PEXPIRE', out, ttl)
+  if nxt == 0 then
+    -- The stream was just made: it expires with the session (touch, park and takeover renew both;
+    -- trimming never deletes it).
+    local ttl = redis.call('PTTL', meta)
+    if ttl > 0 then
+      redis.call('PEXPIRE', out, ttl)
+    end
   end
-  if f[4] == 'live' then
+  if f[4] == 'live' and f[3] ~= origin then
     redis.call('PUBLISH', chan .. f[3], 'd ' .. sid)
   end
   return {'ok', nxt, f[3]}
