@@ -73,33 +73,56 @@ impl<T> Slab<T> {
         self.entries.len()
     }
 
-    /// Stores `value` (listed nowhere yet: `level` is [`PENDING`] until the caller files it) and returns
-    /// `(index, generation)`. `None` when 2^32 - 1 entries are live.
-    pub(crate) fn alloc(&mut self, value: T, deadline: u64) -> Option<(u32, u32)> {
-        let index = if self.free != NIL {
-            let index = self.free;
-            let entry = &mut self.entries[index as usize];
-            self.free = entry.pos;
-            entry.value = MaybeUninit::new(value);
-            entry.deadline = deadline;
-            entry.level = PENDING;
-            index
-        } else {
-            let index = u32::try_from(self.entries.len())
-                .ok()
-                .filter(|&i| i != NIL)?;
-            self.entries.push(Entry {
-                value: MaybeUninit::new(value),
-                deadline,
-                pos: 0,
-                generation: 0,
-                level: PENDING,
-                slot: 0,
-            });
-            index
-        };
+    /// Stores `value` due at `deadline`, listed at (`level`, `slot`, `pos`) — the caller puts it there
+    /// (or `level` is [`PENDING`]) — and returns `(index, generation)`. `None` when 2^32 - 1 entries are
+    /// live.
+    #[inline]
+    pub(crate) fn alloc(
+        &mut self,
+        value: T,
+        deadline: u64,
+        level: u8,
+        slot: u8,
+        pos: u32,
+    ) -> Option<(u32, u32)> {
+        if self.free == NIL {
+            return self.alloc_new(value, deadline, level, slot, pos);
+        }
+        let index = self.free;
+        let entry = &mut self.entries[index as usize];
+        self.free = entry.pos;
+        entry.value = MaybeUninit::new(value);
+        entry.deadline = deadline;
+        entry.pos = pos;
+        entry.level = level;
+        entry.slot = slot;
         self.len += 1;
-        Some((index, self.entries[index as usize].generation))
+        Some((index, entry.generation))
+    }
+
+    /// [`alloc`](Self::alloc) when no freed entry is left: the slab grows by one.
+    #[cold]
+    fn alloc_new(
+        &mut self,
+        value: T,
+        deadline: u64,
+        level: u8,
+        slot: u8,
+        pos: u32,
+    ) -> Option<(u32, u32)> {
+        let index = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&i| i != NIL)?;
+        self.entries.push(Entry {
+            value: MaybeUninit::new(value),
+            deadline,
+            pos,
+            generation: 0,
+            level,
+            slot,
+        });
+        self.len += 1;
+        Some((index, 0))
     }
 
     /// The live entry at `index` with `generation`, if any.
@@ -134,6 +157,28 @@ impl<T> Slab<T> {
             .filter(|e| e.generation == generation && e.level != VACANT)?;
         // SAFETY: filtered on `level != VACANT`, so `value` is initialised.
         Some(unsafe { entry.value.assume_init_mut() })
+    }
+
+    /// Frees the live entry `(index, generation)` in one visit and returns its payload and where it was
+    /// listed: `(value, level, slot, pos)`. `None` (and nothing changed) for a stale key. The caller takes
+    /// it out of that list; its `level` is [`VACANT`] now, so a slot-list tombstone no longer matches it.
+    #[inline]
+    pub(crate) fn take(&mut self, index: u32, generation: u32) -> Option<(T, u8, u8, u32)> {
+        let free_head = self.free;
+        let entry = self
+            .entries
+            .get_mut(index as usize)
+            .filter(|e| e.generation == generation && e.level != VACANT)?;
+        let listed = (entry.level, entry.slot, entry.pos);
+        // SAFETY: filtered on `level != VACANT`, so `value` is initialised; `level = VACANT` right after
+        // makes sure it is never read again until `alloc` writes a new value.
+        let value = unsafe { entry.value.assume_init_read() };
+        entry.level = VACANT;
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.pos = free_head;
+        self.free = index;
+        self.len -= 1;
+        Some((value, listed.0, listed.1, listed.2))
     }
 
     /// Frees a live entry that is already unlisted and returns its payload. Bumps the generation so
@@ -182,11 +227,11 @@ mod tests {
     #[test]
     fn freed_entries_are_reused_with_a_new_generation() {
         let mut slab = Slab::with_capacity(0);
-        let (a, ga) = slab.alloc(1u64, 0).unwrap();
+        let (a, ga) = slab.alloc(1u64, 0, PENDING, 0, 0).unwrap();
         assert_eq!(slab.free(a), Some(1));
         assert_eq!(slab.free(a), None, "double free is refused");
         assert!(slab.get(a, ga).is_none());
-        let (b, gb) = slab.alloc(2u64, 0).unwrap();
+        let (b, gb) = slab.alloc(2u64, 0, PENDING, 0, 0).unwrap();
         assert_eq!(b, a);
         assert_ne!(gb, ga);
         assert_eq!(slab.value(b, gb), Some(&2));
@@ -198,9 +243,9 @@ mod tests {
         let probe = Rc::new(());
         {
             let mut slab = Slab::with_capacity(0);
-            let (a, _) = slab.alloc(Rc::clone(&probe), 0).unwrap();
-            slab.alloc(Rc::clone(&probe), 0).unwrap();
-            slab.alloc(Rc::clone(&probe), 0).unwrap();
+            let (a, _) = slab.alloc(Rc::clone(&probe), 0, PENDING, 0, 0).unwrap();
+            slab.alloc(Rc::clone(&probe), 0, PENDING, 0, 0).unwrap();
+            slab.alloc(Rc::clone(&probe), 0, PENDING, 0, 0).unwrap();
             assert_eq!(Rc::strong_count(&probe), 4);
             drop(slab.free(a));
             assert_eq!(Rc::strong_count(&probe), 3);
