@@ -177,14 +177,22 @@ impl<T> Wheel<T> {
             return self.insert_due(tick, value);
         }
         // The hot path of churn: the entry is written once, with its place, and its list is appended to.
+        // (Borrowing the fields apart lets the list be found once, not again after the slab's writes.)
         let level = level_for(self.elapsed, tick);
         let slot = slot_for(tick, level);
-        let pos = self.slots[level][slot].len() as u32;
-        let (index, generation) = self
-            .slab
-            .alloc(value, tick, level as u8, slot as u8, pos)
-            .ok_or_else(|| Error::Full(self.slab.len()))?;
-        self.append(level, slot, index);
+        let Wheel {
+            slab,
+            slots,
+            occupied,
+            ..
+        } = self;
+        let list = &mut slots[level][slot];
+        let pos = list.len() as u32;
+        let Some((index, generation)) = slab.alloc(value, tick, level as u8, slot as u8, pos) else {
+            return Err(Error::Full(slab.len()));
+        };
+        list.push(index);
+        mark_occupied(&mut occupied[level], slot);
         Ok(Key { index, generation })
     }
 
@@ -343,7 +351,7 @@ impl<T> Wheel<T> {
         let list = &mut self.slots[level][slot];
         let pos = list.len() as u32;
         list.push(index);
-        self.occupied[level] |= 1 << slot;
+        mark_occupied(&mut self.occupied[level], slot);
         pos
     }
 
@@ -502,6 +510,15 @@ fn needs_tidy(dead: usize, len: usize) -> bool {
 
 /// Largest slot-list buffer (in entries) kept after its slot is emptied.
 const KEEP_LIST_CAPACITY: usize = 1024;
+
+/// Sets `slot`'s bit in a level's occupancy bitmap. Tested first: the bit is nearly always set already, and a
+/// test costs less than a read-modify-write.
+#[inline(always)]
+fn mark_occupied(bits: &mut u64, slot: usize) {
+    if *bits & (1 << slot) == 0 {
+        *bits |= 1 << slot;
+    }
+}
 
 /// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
 #[inline]

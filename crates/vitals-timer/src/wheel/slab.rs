@@ -174,7 +174,9 @@ impl<T> Slab<T> {
         // makes sure it is never read again until `alloc` writes a new value.
         let value = unsafe { entry.value.assume_init_read() };
         entry.level = VACANT;
-        entry.generation = entry.generation.wrapping_add(1);
+        // `generation` (the key's, equal to the entry's) rather than the entry's: the value stored then
+        // does not wait for the entry to come from memory.
+        entry.generation = generation.wrapping_add(1);
         entry.pos = free_head;
         self.free = index;
         self.len -= 1;
