@@ -188,7 +188,8 @@ impl<T> Wheel<T> {
         } = self;
         let list = &mut slots[level][slot];
         let pos = list.len() as u32;
-        let Some((index, generation)) = slab.alloc(value, tick, level as u8, slot as u8, pos) else {
+        let Some((index, generation)) = slab.alloc(value, tick, level as u8, slot as u8, pos)
+        else {
             return Err(Error::Full(slab.len()));
         };
         list.push(index);
