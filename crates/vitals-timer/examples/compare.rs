@@ -38,6 +38,7 @@
 
 use std::future::poll_fn;
 use std::hint::black_box;
+use std::ops::Range;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -215,6 +216,23 @@ impl Row {
     }
 }
 
+/// The operations of one implementation, with deadlines given in ms after its base instant (each converts
+/// them the way its users would: `Instant` for the wheel and the heap, tokio's `Instant` for `DelayQueue`).
+trait Timers {
+    type Key: Copy;
+    /// Inserts `value` due `ms` after the base instant.
+    fn insert(&mut self, ms: u64, value: u64) -> Self::Key;
+    /// Cancels a live timer and returns its payload.
+    fn cancel(&mut self, key: Self::Key) -> u64;
+    /// Moves a live timer's deadline to `ms` after the base instant.
+    fn reset(&mut self, key: Self::Key, ms: u64);
+    /// Advances through the 1 ms steps `steps`, draining what is due at each; returns the drain time (only
+    /// the draining is timed) and how many timers fired.
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize);
+    /// Timers held.
+    fn len(&self) -> usize;
+}
+
 /// One implementation under test, holding its resident set. Each method runs one chunk and returns the
 /// time it took; setup is untimed.
 trait Contender {
@@ -224,83 +242,131 @@ trait Contender {
     fn reset_later(&mut self, ops: &[(u32, u64)]) -> Duration;
     /// Inserts timers `first..` with the given deadlines.
     fn insert(&mut self, deadlines: &[u64], first: usize) -> Duration;
-    /// Advances through the 1 ms steps `steps`, draining what is due at each; returns the drain time and
-    /// how many timers fired.
-    fn expire(&mut self, steps: std::ops::Range<u64>) -> (Duration, usize);
+    /// See [`Timers::expire`].
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize);
     /// Timers held.
     fn len(&self) -> usize;
 }
 
-// ---- vitals Wheel ----
-
-struct WheelRun {
-    base: Instant,
-    wheel: Wheel<u64>,
-    keys: Vec<Key>,
+/// An implementation and the keys of its resident timers: the same loops for all three.
+struct Run<S: Timers> {
+    timers: S,
+    keys: Vec<S::Key>,
 }
 
-impl WheelRun {
-    fn new() -> Self {
-        let base = Instant::now();
-        WheelRun {
-            base,
-            wheel: Wheel::new(base),
+impl<S: Timers> Run<S> {
+    fn new(timers: S) -> Self {
+        Run {
+            timers,
             keys: Vec::new(),
+        }
+    }
+
+    /// Untimed: inserts `deadlines`, then runs the `churn` operations, if any.
+    fn fill(&mut self, deadlines: &[u64], churn: Option<&[(u32, u64)]>) {
+        self.insert(deadlines, 0);
+        if let Some(ops) = churn {
+            self.churn(ops, 0);
         }
     }
 }
 
-impl Contender for WheelRun {
+impl<S: Timers> Contender for Run<S> {
     fn churn(&mut self, ops: &[(u32, u64)], first: usize) -> Duration {
-        let (base, wheel, keys) = (self.base, &mut self.wheel, &mut self.keys);
+        let (timers, keys) = (&mut self.timers, &mut self.keys);
         let t = Instant::now();
         for (j, &(victim, ms)) in ops.iter().enumerate() {
             let key = &mut keys[victim as usize];
-            black_box(wheel.cancel(*key).expect("cancel"));
-            *key = wheel
-                .insert(at(base, ms), (first + j) as u64)
-                .expect("insert");
+            black_box(timers.cancel(*key));
+            *key = timers.insert(ms, (first + j) as u64);
         }
         t.elapsed()
     }
 
     fn reset_later(&mut self, ops: &[(u32, u64)]) -> Duration {
-        let (base, wheel, keys) = (self.base, &mut self.wheel, &self.keys);
+        let (timers, keys) = (&mut self.timers, &self.keys);
         let t = Instant::now();
         for &(victim, ms) in ops {
-            wheel
-                .reset(keys[victim as usize], at(base, ms))
-                .expect("reset");
+            timers.reset(keys[victim as usize], ms);
         }
         t.elapsed()
     }
 
     fn insert(&mut self, deadlines: &[u64], first: usize) -> Duration {
-        let (base, wheel, keys) = (self.base, &mut self.wheel, &mut self.keys);
+        let (timers, keys) = (&mut self.timers, &mut self.keys);
         let t = Instant::now();
         for (i, &ms) in deadlines.iter().enumerate() {
-            keys.push(
-                wheel
-                    .insert(at(base, ms), (first + i) as u64)
-                    .expect("insert"),
-            );
+            keys.push(timers.insert(ms, (first + i) as u64));
         }
         t.elapsed()
     }
 
-    fn expire(&mut self, steps: std::ops::Range<u64>) -> (Duration, usize) {
-        let mut drain = Duration::ZERO;
-        let mut fired = 0;
-        for ms in steps {
-            let now = at(self.base, ms);
-            let t = Instant::now();
-            while let Some(e) = self.wheel.poll(now) {
-                black_box(e.value);
-                fired += 1;
-            }
-            drain += t.elapsed();
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
+        self.timers.expire(steps)
+    }
+
+    fn len(&self) -> usize {
+        self.timers.len()
+    }
+}
+
+/// `Timers::expire` for the two that are polled with a `std::time::Instant`: `poll` is called with each
+/// step's instant until it hands out nothing.
+fn expire_polled(
+    steps: Range<u64>,
+    base: Instant,
+    mut poll: impl FnMut(Instant) -> Option<u64>,
+) -> (Duration, usize) {
+    let mut drain = Duration::ZERO;
+    let mut fired = 0;
+    for ms in steps {
+        let now = at(base, ms);
+        let t = Instant::now();
+        while let Some(value) = poll(now) {
+            black_box(value);
+            fired += 1;
         }
-        (drain, fired)
+        drain += t.elapsed();
+    }
+    (drain, fired)
+}
+
+// ---- vitals Wheel ----
+
+struct WheelTimers {
+    base: Instant,
+    wheel: Wheel<u64>,
+}
+
+impl WheelTimers {
+    /// A wheel with the default tick; `capacity` entries reserved up front.
+    fn new(capacity: usize) -> Self {
+        let base = Instant::now();
+        WheelTimers {
+            base,
+            wheel: Wheel::with_tick(base, TICK, capacity).expect("tick"),
+        }
+    }
+}
+
+impl Timers for WheelTimers {
+    type Key = Key;
+
+    fn insert(&mut self, ms: u64, value: u64) -> Key {
+        self.wheel.insert(at(self.base, ms), value).expect("insert")
+    }
+
+    fn cancel(&mut self, key: Key) -> u64 {
+        self.wheel.cancel(key).expect("cancel")
+    }
+
+    fn reset(&mut self, key: Key, ms: u64) {
+        self.wheel.reset(key, at(self.base, ms)).expect("reset");
+    }
+
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
+        let wheel = &mut self.wheel;
+        expire_polled(steps, self.base, |now| wheel.poll(now).map(|e| e.value))
     }
 
     fn len(&self) -> usize {
@@ -311,6 +377,7 @@ impl Contender for WheelRun {
 // ---- tokio-util DelayQueue (paused clock, current-thread runtime) ----
 
 type TokioInstant = tokio::time::Instant;
+type DqKey = tokio_util::time::delay_queue::Key;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -324,23 +391,20 @@ fn dq_at(base: TokioInstant, ms: u64) -> TokioInstant {
     TokioInstant::from_std(at(base.into_std(), ms))
 }
 
-/// Inserts, removes and resets run inside the runtime's context (`enter`), which is all `DelayQueue` needs
-/// for them; expiry advances the paused clock inside `block_on`.
-struct DqRun<'r> {
+/// Inserts, removes and resets run inside the runtime's context (`main` enters it once), which is all
+/// `DelayQueue` needs for them; expiry advances the paused clock inside `block_on`.
+struct DqTimers<'r> {
     rt: &'r tokio::runtime::Runtime,
     base: TokioInstant,
     dq: DelayQueue<u64>,
-    keys: Vec<tokio_util::time::delay_queue::Key>,
 }
 
-impl<'r> DqRun<'r> {
+impl<'r> DqTimers<'r> {
     fn new(rt: &'r tokio::runtime::Runtime) -> Self {
-        let _context = rt.enter();
-        DqRun {
+        DqTimers {
             rt,
             base: TokioInstant::now(),
             dq: DelayQueue::new(),
-            keys: Vec::new(),
         }
     }
 }
@@ -359,40 +423,22 @@ async fn dq_drain(dq: &mut DelayQueue<u64>) -> usize {
     }
 }
 
-impl Contender for DqRun<'_> {
-    fn churn(&mut self, ops: &[(u32, u64)], first: usize) -> Duration {
-        let _context = self.rt.enter();
-        let (base, dq, keys) = (self.base, &mut self.dq, &mut self.keys);
-        let t = Instant::now();
-        for (j, &(victim, ms)) in ops.iter().enumerate() {
-            let key = &mut keys[victim as usize];
-            black_box(dq.remove(key).into_inner());
-            *key = dq.insert_at((first + j) as u64, dq_at(base, ms));
-        }
-        t.elapsed()
+impl Timers for DqTimers<'_> {
+    type Key = DqKey;
+
+    fn insert(&mut self, ms: u64, value: u64) -> DqKey {
+        self.dq.insert_at(value, dq_at(self.base, ms))
     }
 
-    fn reset_later(&mut self, ops: &[(u32, u64)]) -> Duration {
-        let _context = self.rt.enter();
-        let (base, dq, keys) = (self.base, &mut self.dq, &self.keys);
-        let t = Instant::now();
-        for &(victim, ms) in ops {
-            dq.reset_at(&keys[victim as usize], dq_at(base, ms));
-        }
-        t.elapsed()
+    fn cancel(&mut self, key: DqKey) -> u64 {
+        self.dq.remove(&key).into_inner()
     }
 
-    fn insert(&mut self, deadlines: &[u64], first: usize) -> Duration {
-        let _context = self.rt.enter();
-        let (base, dq, keys) = (self.base, &mut self.dq, &mut self.keys);
-        let t = Instant::now();
-        for (i, &ms) in deadlines.iter().enumerate() {
-            keys.push(dq.insert_at((first + i) as u64, dq_at(base, ms)));
-        }
-        t.elapsed()
+    fn reset(&mut self, key: DqKey, ms: u64) {
+        self.dq.reset_at(&key, dq_at(self.base, ms));
     }
 
-    fn expire(&mut self, steps: std::ops::Range<u64>) -> (Duration, usize) {
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
         let dq = &mut self.dq;
         self.rt.block_on(async {
             let mut drain = Duration::ZERO;
@@ -414,65 +460,40 @@ impl Contender for DqRun<'_> {
 
 // ---- BinaryHeap with lazy cancellation ----
 
-struct HeapRun {
+struct HeapTimersRun {
     base: Instant,
     heap: HeapTimers<u64>,
-    keys: Vec<heap_timers::HeapKey>,
 }
 
-impl HeapRun {
+impl HeapTimersRun {
     fn new() -> Self {
-        HeapRun {
+        HeapTimersRun {
             base: Instant::now(),
             heap: HeapTimers::new(),
-            keys: Vec::new(),
         }
     }
 }
 
-impl Contender for HeapRun {
-    fn churn(&mut self, ops: &[(u32, u64)], first: usize) -> Duration {
-        let (base, heap, keys) = (self.base, &mut self.heap, &mut self.keys);
-        let t = Instant::now();
-        for (j, &(victim, ms)) in ops.iter().enumerate() {
-            let key = &mut keys[victim as usize];
-            black_box(heap.cancel(*key).expect("cancel"));
-            *key = heap.insert(at(base, ms), (first + j) as u64);
-        }
-        t.elapsed()
+impl Timers for HeapTimersRun {
+    type Key = heap_timers::HeapKey;
+
+    fn insert(&mut self, ms: u64, value: u64) -> Self::Key {
+        self.heap.insert(at(self.base, ms), value)
     }
 
-    fn reset_later(&mut self, ops: &[(u32, u64)]) -> Duration {
-        let (base, heap, keys) = (self.base, &mut self.heap, &self.keys);
-        let t = Instant::now();
-        for &(victim, ms) in ops {
-            assert!(heap.reset(keys[victim as usize], at(base, ms)));
-        }
-        t.elapsed()
+    fn cancel(&mut self, key: Self::Key) -> u64 {
+        self.heap.cancel(key).expect("cancel")
     }
 
-    fn insert(&mut self, deadlines: &[u64], first: usize) -> Duration {
-        let (base, heap, keys) = (self.base, &mut self.heap, &mut self.keys);
-        let t = Instant::now();
-        for (i, &ms) in deadlines.iter().enumerate() {
-            keys.push(heap.insert(at(base, ms), (first + i) as u64));
-        }
-        t.elapsed()
+    fn reset(&mut self, key: Self::Key, ms: u64) {
+        assert!(self.heap.reset(key, at(self.base, ms)));
     }
 
-    fn expire(&mut self, steps: std::ops::Range<u64>) -> (Duration, usize) {
-        let mut drain = Duration::ZERO;
-        let mut fired = 0;
-        for ms in steps {
-            let now = at(self.base, ms);
-            let t = Instant::now();
-            while let Some((value, _)) = self.heap.poll(now) {
-                black_box(value);
-                fired += 1;
-            }
-            drain += t.elapsed();
-        }
-        (drain, fired)
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
+        let heap = &mut self.heap;
+        expire_polled(steps, self.base, |now| {
+            heap.poll(now).map(|(value, _)| value)
+        })
     }
 
     fn len(&self) -> usize {
@@ -485,9 +506,9 @@ impl Contender for HeapRun {
 /// Fresh, empty contenders: vitals, DelayQueue, heap.
 fn contenders(rt: &tokio::runtime::Runtime) -> [Box<dyn Contender + '_>; 3] {
     [
-        Box::new(WheelRun::new()),
-        Box::new(DqRun::new(rt)),
-        Box::new(HeapRun::new()),
+        Box::new(Run::new(WheelTimers::new(0))),
+        Box::new(Run::new(DqTimers::new(rt))),
+        Box::new(Run::new(HeapTimersRun::new())),
     ]
 }
 
@@ -610,79 +631,17 @@ fn vec_bytes<K>(keys: &Vec<K>) -> isize {
     (keys.capacity() * std::mem::size_of::<K>()) as isize
 }
 
-/// Bytes per timer of a `Wheel<u64>` holding `RESIDENT` timers; `presized` reserves the slab up front;
-/// `churn` runs every churn operation before measuring.
-fn wheel_memory(plan: &Plan, presized: bool, churn: bool) -> f64 {
+/// Bytes per timer of an implementation made by `make`, holding `RESIDENT` timers, after all churn
+/// operations too when `churn` is given: what it allocated plus its inline size (its keys, the caller's,
+/// left out).
+fn memory<S: Timers + 'static>(make: impl FnOnce() -> S, plan: &Plan, churn: bool) -> f64 {
     counted(|| {
-        let base = Instant::now();
-        let mut wheel = if presized {
-            Wheel::with_tick(base, TICK, RESIDENT).expect("tick")
-        } else {
-            Wheel::new(base)
-        };
-        let mut keys: Vec<Key> = Vec::new();
-        for (i, &ms) in plan.initial.iter().enumerate() {
-            keys.push(wheel.insert(at(base, ms), i as u64).expect("insert"));
-        }
-        if churn {
-            for (j, &(victim, ms)) in plan.churn.iter().enumerate() {
-                let key = &mut keys[victim as usize];
-                black_box(wheel.cancel(*key).expect("cancel"));
-                *key = wheel.insert(at(base, ms), j as u64).expect("insert");
-            }
-        }
-        // The wheel's fixed part (its bitmaps, the boxes of its slot lists) lives inline; count it too.
+        let mut run = Run::new(make());
+        run.fill(&plan.initial, churn.then_some(plan.churn.as_slice()));
         Built {
-            inline: std::mem::size_of_val(&wheel) as isize,
-            keys: vec_bytes(&keys),
-            keep: Box::new((wheel, keys)),
-        }
-    })
-}
-
-fn dq_memory(rt: &tokio::runtime::Runtime, plan: &Plan, churn: bool) -> f64 {
-    let _context = rt.enter();
-    counted(|| {
-        let base = TokioInstant::now();
-        let mut dq = DelayQueue::new();
-        let mut keys = Vec::new();
-        for (i, &ms) in plan.initial.iter().enumerate() {
-            keys.push(dq.insert_at(i as u64, dq_at(base, ms)));
-        }
-        if churn {
-            for (j, &(victim, ms)) in plan.churn.iter().enumerate() {
-                let key = &mut keys[victim as usize];
-                black_box(dq.remove(key).into_inner());
-                *key = dq.insert_at(j as u64, dq_at(base, ms));
-            }
-        }
-        Built {
-            inline: std::mem::size_of_val(&dq) as isize,
-            keys: vec_bytes(&keys),
-            keep: Box::new((dq, keys)),
-        }
-    })
-}
-
-fn heap_memory(plan: &Plan, churn: bool) -> f64 {
-    counted(|| {
-        let base = Instant::now();
-        let mut heap = HeapTimers::new();
-        let mut keys = Vec::new();
-        for (i, &ms) in plan.initial.iter().enumerate() {
-            keys.push(heap.insert(at(base, ms), i as u64));
-        }
-        if churn {
-            for (j, &(victim, ms)) in plan.churn.iter().enumerate() {
-                let key = &mut keys[victim as usize];
-                black_box(heap.cancel(*key).expect("cancel"));
-                *key = heap.insert(at(base, ms), j as u64);
-            }
-        }
-        Built {
-            inline: std::mem::size_of_val(&heap) as isize,
-            keys: vec_bytes(&keys),
-            keep: Box::new((heap, keys)),
+            inline: std::mem::size_of_val(&run.timers) as isize,
+            keys: vec_bytes(&run.keys),
+            keep: Box::new(run),
         }
     })
 }
@@ -711,37 +670,39 @@ fn measure(mut round: impl FnMut(usize) -> [f64; 3]) -> Row {
 
 fn main() {
     let plan = Plan::new(0x5EED_0F71_741E_5500);
-    let rt = runtime();
+    // Leaked so that `DelayQueue`s may hold it in memory measurements ('static); one per process anyway.
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime()));
+    let _context = rt.enter();
 
-    let churn = measure(|r| churn_round(&rt, &plan, r));
+    let churn = measure(|r| churn_round(rt, &plan, r));
     churn.print("churn");
-    let reset_later = measure(|r| reset_later_round(&rt, &plan, r));
+    let reset_later = measure(|r| reset_later_round(rt, &plan, r));
     reset_later.print("reset_later");
 
     // Drain only, and insert + drain, from the same rounds.
     let mut with_insert = Vec::new();
     let expiry = measure(|r| {
-        let (drain, both) = expiry_round(&rt, &plan, r);
+        let (drain, both) = expiry_round(rt, &plan, r);
         with_insert.push(both);
         drain
     });
     expiry.print("expiry");
 
-    let natural = wheel_memory(&plan, false, false);
-    let presized = wheel_memory(&plan, true, false);
+    let natural = memory(|| WheelTimers::new(0), &plan, false);
+    let presized = memory(|| WheelTimers::new(RESIDENT), &plan, false);
     println!("memory bytes_per_timer={natural:.1} presized_bytes_per_timer={presized:.1}");
 
     println!(
         "context memory delayqueue_bytes_per_timer={:.1} heap_bytes_per_timer={:.1}",
-        dq_memory(&rt, &plan, false),
-        heap_memory(&plan, false)
+        memory(|| DqTimers::new(rt), &plan, false),
+        memory(HeapTimersRun::new, &plan, false)
     );
-    let after_churn = wheel_memory(&plan, false, true);
+    let after_churn = memory(|| WheelTimers::new(0), &plan, true);
     println!(
         "context memory_after_churn vitals_bytes_per_timer={after_churn:.1} delayqueue_bytes_per_timer={:.1} \
          heap_bytes_per_timer={:.1}",
-        dq_memory(&rt, &plan, true),
-        heap_memory(&plan, true)
+        memory(|| DqTimers::new(rt), &plan, true),
+        memory(HeapTimersRun::new, &plan, true)
     );
     let mut rounds = with_insert.into_iter();
     print!("context ");

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use crate::Error;
 use divide::Divisor;
 use level::{LEVELS, SLOT_MASK, SLOTS, level_for, next_occupied, slot_for};
-use slab::{PENDING, Slab, VACANT};
+use slab::{PENDING, Place, Slab, VACANT};
 
 /// Default tick: one millisecond.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(1);
@@ -188,8 +188,12 @@ impl<T> Wheel<T> {
         } = self;
         let list = &mut slots[level][slot];
         let pos = list.len() as u32;
-        let Some((index, generation)) = slab.alloc(value, tick, level as u8, slot as u8, pos)
-        else {
+        let place = Place {
+            level: level as u8,
+            slot: slot as u8,
+            pos,
+        };
+        let Some((index, generation)) = slab.alloc(value, tick, place) else {
             return Err(Error::Full(slab.len()));
         };
         list.push(index);
@@ -204,7 +208,15 @@ impl<T> Wheel<T> {
         let pos = self.pending.len() as u32;
         let (index, generation) = self
             .slab
-            .alloc(value, tick, PENDING, 0, pos)
+            .alloc(
+                value,
+                tick,
+                Place {
+                    level: PENDING,
+                    slot: 0,
+                    pos,
+                },
+            )
             .ok_or_else(|| Error::Full(self.slab.len()))?;
         self.pending.push(index);
         Ok(Key { index, generation })

@@ -38,6 +38,14 @@ pub(crate) struct Entry<T> {
     pub(crate) slot: u8,
 }
 
+/// Where an entry is listed: `level` (or [`PENDING`]), `slot`, and its position `pos` in that list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    pub(crate) level: u8,
+    pub(crate) slot: u8,
+    pub(crate) pos: u32,
+}
+
 /// Slab of entries plus a free list.
 pub(crate) struct Slab<T> {
     entries: Vec<Entry<T>>,
@@ -73,53 +81,38 @@ impl<T> Slab<T> {
         self.entries.len()
     }
 
-    /// Stores `value` due at `deadline`, listed at (`level`, `slot`, `pos`) — the caller puts it there
-    /// (or `level` is [`PENDING`]) — and returns `(index, generation)`. `None` when 2^32 - 1 entries are
-    /// live.
+    /// Stores `value` due at `deadline`, listed at `place` (the caller puts it there) and returns
+    /// `(index, generation)`. `None` when 2^32 - 1 entries are live.
     #[inline]
-    pub(crate) fn alloc(
-        &mut self,
-        value: T,
-        deadline: u64,
-        level: u8,
-        slot: u8,
-        pos: u32,
-    ) -> Option<(u32, u32)> {
+    pub(crate) fn alloc(&mut self, value: T, deadline: u64, place: Place) -> Option<(u32, u32)> {
         if self.free == NIL {
-            return self.alloc_new(value, deadline, level, slot, pos);
+            return self.alloc_new(value, deadline, place);
         }
         let index = self.free;
         let entry = &mut self.entries[index as usize];
         self.free = entry.pos;
         entry.value = MaybeUninit::new(value);
         entry.deadline = deadline;
-        entry.pos = pos;
-        entry.level = level;
-        entry.slot = slot;
+        entry.pos = place.pos;
+        entry.level = place.level;
+        entry.slot = place.slot;
         self.len += 1;
         Some((index, entry.generation))
     }
 
     /// [`alloc`](Self::alloc) when no freed entry is left: the slab grows by one.
     #[cold]
-    fn alloc_new(
-        &mut self,
-        value: T,
-        deadline: u64,
-        level: u8,
-        slot: u8,
-        pos: u32,
-    ) -> Option<(u32, u32)> {
+    fn alloc_new(&mut self, value: T, deadline: u64, place: Place) -> Option<(u32, u32)> {
         let index = u32::try_from(self.entries.len())
             .ok()
             .filter(|&i| i != NIL)?;
         self.entries.push(Entry {
             value: MaybeUninit::new(value),
             deadline,
-            pos,
+            pos: place.pos,
             generation: 0,
-            level,
-            slot,
+            level: place.level,
+            slot: place.slot,
         });
         self.len += 1;
         Some((index, 0))
@@ -221,6 +214,12 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
+    const DUE: Place = Place {
+        level: PENDING,
+        slot: 0,
+        pos: 0,
+    };
+
     #[test]
     fn entry_with_eight_byte_payload_is_thirty_two_bytes() {
         assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
@@ -229,11 +228,11 @@ mod tests {
     #[test]
     fn freed_entries_are_reused_with_a_new_generation() {
         let mut slab = Slab::with_capacity(0);
-        let (a, ga) = slab.alloc(1u64, 0, PENDING, 0, 0).unwrap();
+        let (a, ga) = slab.alloc(1u64, 0, DUE).unwrap();
         assert_eq!(slab.free(a), Some(1));
         assert_eq!(slab.free(a), None, "double free is refused");
         assert!(slab.get(a, ga).is_none());
-        let (b, gb) = slab.alloc(2u64, 0, PENDING, 0, 0).unwrap();
+        let (b, gb) = slab.alloc(2u64, 0, DUE).unwrap();
         assert_eq!(b, a);
         assert_ne!(gb, ga);
         assert_eq!(slab.value(b, gb), Some(&2));
@@ -245,9 +244,9 @@ mod tests {
         let probe = Rc::new(());
         {
             let mut slab = Slab::with_capacity(0);
-            let (a, _) = slab.alloc(Rc::clone(&probe), 0, PENDING, 0, 0).unwrap();
-            slab.alloc(Rc::clone(&probe), 0, PENDING, 0, 0).unwrap();
-            slab.alloc(Rc::clone(&probe), 0, PENDING, 0, 0).unwrap();
+            let (a, _) = slab.alloc(Rc::clone(&probe), 0, DUE).unwrap();
+            slab.alloc(Rc::clone(&probe), 0, DUE).unwrap();
+            slab.alloc(Rc::clone(&probe), 0, DUE).unwrap();
             assert_eq!(Rc::strong_count(&probe), 4);
             drop(slab.free(a));
             assert_eq!(Rc::strong_count(&probe), 3);
