@@ -4,8 +4,10 @@
 //! 11 levels of 64 slots, one occupancy bitmap per level (`wheel/level.rs` holds the slot
 //! math). Entries live in a slab (`wheel/slab.rs`) and are addressed by a [`Key`] = (index, generation), so a key
 //! that outlived its entry is reported as [`Error::StaleKey`], never a panic. Each slot is a list of
-//! slab indices and each entry knows its position in it, so cancel and reset leave a list in O(1)
-//! (`swap_remove`); emptying a slot walks a contiguous array whose entry loads overlap in the cache.
+//! slab indices and each entry knows its position in it, so cancel and reset leave a list in O(1): the
+//! entry stops matching its old place and its index there becomes a tombstone, skipped when the slot is
+//! emptied and dropped when the list is compacted (at twice its live entries, `COMPACT_RATIO`);
+//! emptying a slot walks a contiguous array whose entry loads overlap in the cache.
 //!
 //! # Time
 //! The wheel counts ticks (default 1 ms) from an `origin` instant. A deadline is rounded *up* to a tick and
