@@ -18,15 +18,27 @@
 //!   excluded (it is reported on the `context expiry_incl_insert` line). For `DelayQueue` the clock advance
 //!   (`tokio::time::advance`) is outside the timed region; only `poll_expired` calls are timed.
 //!
-//! Each workload runs [`ROUNDS`] times, the three implementations interleaved (vitals, DelayQueue, heap,
-//! vitals, ...), and the median per implementation is printed, to damp noise from a shared machine.
+//! The three implementations hold their resident sets side by side and take turns in chunks
+//! ([`CHUNK`] operations, or [`STEP_CHUNK`] 1 ms steps of expiry), the order rotating from chunk to chunk,
+//! so that all three see the same machine: a neighbour's burst of memory traffic on a shared machine lands
+//! on each of them, not on whichever happened to be running. (Chunks are long because each turn starts
+//! with caches full of the other two's data; at 50,000 operations that cost every implementation 10-20 %.)
+//! Each workload runs [`ROUNDS`] times and the median per implementation is printed.
+//!
+//! The last line checks the figures against the targets of docs/PERFORMANCE.md (churn and reset_later at
+//! least 3x `DelayQueue`, expiry at least 2x, faster than the heap on every workload, at most 48 bytes per
+//! timer, also after churn). It only reports; timings never fail a build.
 //!
 //! Every implementation gets the same deadlines (as `Instant`s, converted the same way) and the same
 //! operation sequence, generated up front by a fixed-seed SplitMix64. Setup (filling the resident set) is
 //! never timed. The heap purges stale entries when they outnumber live ones (part of its timed cost).
+//!
+//! `memory` is measured on a wheel just filled; `context memory_after_churn` on each implementation after
+//! all the churn operations (tombstones, purges and grown buffers included).
 
 use std::future::poll_fn;
 use std::hint::black_box;
+use std::ops::Range;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -118,8 +130,13 @@ const SPREAD_MS: u64 = 60_000;
 /// `reset_later` pushes a deadline back by 1..=PUSH_MS milliseconds.
 const PUSH_MS: u64 = 30_000;
 const TICK: Duration = Duration::from_millis(1);
-/// Each workload runs this many times per implementation, interleaved; the median is printed.
+/// Each workload runs this many times per implementation; the median is printed.
 const ROUNDS: usize = 3;
+/// Operations each implementation runs per turn in `churn` and `reset_later` (and inserts per turn when
+/// filling for `expiry`).
+const CHUNK: usize = 500_000;
+/// 1 ms steps each implementation drains per turn in `expiry`.
+const STEP_CHUNK: u64 = 500;
 
 /// SplitMix64: a tiny deterministic PRNG.
 struct SplitMix64(u64);
@@ -199,74 +216,168 @@ impl Row {
     }
 }
 
-// ---- vitals Wheel ----
-
-fn wheel_filled(base: Instant, plan: &Plan) -> (Wheel<u64>, Vec<Key>) {
-    let mut wheel = Wheel::new(base);
-    let keys = plan
-        .initial
-        .iter()
-        .enumerate()
-        .map(|(i, &ms)| wheel.insert(at(base, ms), i as u64).expect("insert"))
-        .collect();
-    (wheel, keys)
+/// The operations of one implementation, with deadlines given in ms after its base instant (each converts
+/// them the way its users would: `Instant` for the wheel and the heap, tokio's `Instant` for `DelayQueue`).
+trait Timers {
+    type Key: Copy;
+    /// Inserts `value` due `ms` after the base instant.
+    fn insert(&mut self, ms: u64, value: u64) -> Self::Key;
+    /// Cancels a live timer and returns its payload.
+    fn cancel(&mut self, key: Self::Key) -> u64;
+    /// Moves a live timer's deadline to `ms` after the base instant.
+    fn reset(&mut self, key: Self::Key, ms: u64);
+    /// Advances through the 1 ms steps `steps`, draining what is due at each; returns the drain time (only
+    /// the draining is timed) and how many timers fired.
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize);
+    /// Timers held.
+    fn len(&self) -> usize;
 }
 
-fn wheel_churn(plan: &Plan) -> Duration {
-    let base = Instant::now();
-    let (mut wheel, mut keys) = wheel_filled(base, plan);
-    let t = Instant::now();
-    for (j, &(victim, ms)) in plan.churn.iter().enumerate() {
-        let key = &mut keys[victim as usize];
-        black_box(wheel.cancel(*key).expect("cancel"));
-        *key = wheel.insert(at(base, ms), j as u64).expect("insert");
-    }
-    let d = t.elapsed();
-    assert_eq!(wheel.len(), RESIDENT);
-    d
+/// One implementation under test, holding its resident set. Each method runs one chunk and returns the
+/// time it took; setup is untimed.
+trait Contender {
+    /// Cancels each victim and inserts its replacement (`first` numbers the payloads).
+    fn churn(&mut self, ops: &[(u32, u64)], first: usize) -> Duration;
+    /// Moves each victim's deadline to the given, later one.
+    fn reset_later(&mut self, ops: &[(u32, u64)]) -> Duration;
+    /// Inserts timers `first..` with the given deadlines.
+    fn insert(&mut self, deadlines: &[u64], first: usize) -> Duration;
+    /// See [`Timers::expire`].
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize);
+    /// Timers held.
+    fn len(&self) -> usize;
 }
 
-fn wheel_reset_later(plan: &Plan) -> Duration {
-    let base = Instant::now();
-    let (mut wheel, keys) = wheel_filled(base, plan);
-    let t = Instant::now();
-    for &(victim, ms) in &plan.reset_later {
-        wheel
-            .reset(keys[victim as usize], at(base, ms))
-            .expect("reset");
-    }
-    let d = t.elapsed();
-    assert_eq!(wheel.len(), RESIDENT);
-    d
+/// An implementation and the keys of its resident timers: the same loops for all three.
+struct Run<S: Timers> {
+    timers: S,
+    keys: Vec<S::Key>,
 }
 
-/// Returns (insert time, drain time).
-fn wheel_expiry(plan: &Plan) -> (Duration, Duration) {
-    let base = Instant::now();
-    let mut wheel = Wheel::new(base);
-    let t = Instant::now();
-    for (i, &ms) in plan.initial.iter().enumerate() {
-        black_box(wheel.insert(at(base, ms), i as u64).expect("insert"));
+impl<S: Timers> Run<S> {
+    fn new(timers: S) -> Self {
+        Run {
+            timers,
+            keys: Vec::new(),
+        }
     }
-    let insert = t.elapsed();
+
+    /// Untimed: inserts `deadlines`, then runs the `churn` operations, if any.
+    fn fill(&mut self, deadlines: &[u64], churn: Option<&[(u32, u64)]>) {
+        self.insert(deadlines, 0);
+        if let Some(ops) = churn {
+            self.churn(ops, 0);
+        }
+    }
+}
+
+impl<S: Timers> Contender for Run<S> {
+    fn churn(&mut self, ops: &[(u32, u64)], first: usize) -> Duration {
+        let (timers, keys) = (&mut self.timers, &mut self.keys);
+        let t = Instant::now();
+        for (j, &(victim, ms)) in ops.iter().enumerate() {
+            let key = &mut keys[victim as usize];
+            black_box(timers.cancel(*key));
+            *key = timers.insert(ms, (first + j) as u64);
+        }
+        t.elapsed()
+    }
+
+    fn reset_later(&mut self, ops: &[(u32, u64)]) -> Duration {
+        let (timers, keys) = (&mut self.timers, &self.keys);
+        let t = Instant::now();
+        for &(victim, ms) in ops {
+            timers.reset(keys[victim as usize], ms);
+        }
+        t.elapsed()
+    }
+
+    fn insert(&mut self, deadlines: &[u64], first: usize) -> Duration {
+        let (timers, keys) = (&mut self.timers, &mut self.keys);
+        let t = Instant::now();
+        for (i, &ms) in deadlines.iter().enumerate() {
+            keys.push(timers.insert(ms, (first + i) as u64));
+        }
+        t.elapsed()
+    }
+
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
+        self.timers.expire(steps)
+    }
+
+    fn len(&self) -> usize {
+        self.timers.len()
+    }
+}
+
+/// `Timers::expire` for the two that are polled with a `std::time::Instant`: `poll` is called with each
+/// step's instant until it hands out nothing.
+fn expire_polled(
+    steps: Range<u64>,
+    base: Instant,
+    mut poll: impl FnMut(Instant) -> Option<u64>,
+) -> (Duration, usize) {
     let mut drain = Duration::ZERO;
-    let mut fired = 0usize;
-    for ms in 1..=SPREAD_MS {
+    let mut fired = 0;
+    for ms in steps {
         let now = at(base, ms);
         let t = Instant::now();
-        while let Some(e) = wheel.poll(now) {
-            black_box(e.value);
+        while let Some(value) = poll(now) {
+            black_box(value);
             fired += 1;
         }
         drain += t.elapsed();
     }
-    assert_eq!(fired, RESIDENT);
-    (insert, drain)
+    (drain, fired)
+}
+
+// ---- vitals Wheel ----
+
+struct WheelTimers {
+    base: Instant,
+    wheel: Wheel<u64>,
+}
+
+impl WheelTimers {
+    /// A wheel with the default tick; `capacity` entries reserved up front.
+    fn new(capacity: usize) -> Self {
+        let base = Instant::now();
+        WheelTimers {
+            base,
+            wheel: Wheel::with_tick(base, TICK, capacity).expect("tick"),
+        }
+    }
+}
+
+impl Timers for WheelTimers {
+    type Key = Key;
+
+    fn insert(&mut self, ms: u64, value: u64) -> Key {
+        self.wheel.insert(at(self.base, ms), value).expect("insert")
+    }
+
+    fn cancel(&mut self, key: Key) -> u64 {
+        self.wheel.cancel(key).expect("cancel")
+    }
+
+    fn reset(&mut self, key: Key, ms: u64) {
+        self.wheel.reset(key, at(self.base, ms)).expect("reset");
+    }
+
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
+        let wheel = &mut self.wheel;
+        expire_polled(steps, self.base, |now| wheel.poll(now).map(|e| e.value))
+    }
+
+    fn len(&self) -> usize {
+        self.wheel.len()
+    }
 }
 
 // ---- tokio-util DelayQueue (paused clock, current-thread runtime) ----
 
 type TokioInstant = tokio::time::Instant;
+type DqKey = tokio_util::time::delay_queue::Key;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -280,48 +391,22 @@ fn dq_at(base: TokioInstant, ms: u64) -> TokioInstant {
     TokioInstant::from_std(at(base.into_std(), ms))
 }
 
-fn dq_filled(
+/// Inserts, removes and resets run inside the runtime's context (`main` enters it once), which is all
+/// `DelayQueue` needs for them; expiry advances the paused clock inside `block_on`.
+struct DqTimers<'r> {
+    rt: &'r tokio::runtime::Runtime,
     base: TokioInstant,
-    plan: &Plan,
-) -> (DelayQueue<u64>, Vec<tokio_util::time::delay_queue::Key>) {
-    let mut dq = DelayQueue::new();
-    let keys = plan
-        .initial
-        .iter()
-        .enumerate()
-        .map(|(i, &ms)| dq.insert_at(i as u64, dq_at(base, ms)))
-        .collect();
-    (dq, keys)
+    dq: DelayQueue<u64>,
 }
 
-fn dq_churn(rt: &tokio::runtime::Runtime, plan: &Plan) -> Duration {
-    rt.block_on(async {
-        let base = TokioInstant::now();
-        let (mut dq, mut keys) = dq_filled(base, plan);
-        let t = Instant::now();
-        for (j, &(victim, ms)) in plan.churn.iter().enumerate() {
-            let key = &mut keys[victim as usize];
-            black_box(dq.remove(key).into_inner());
-            *key = dq.insert_at(j as u64, dq_at(base, ms));
+impl<'r> DqTimers<'r> {
+    fn new(rt: &'r tokio::runtime::Runtime) -> Self {
+        DqTimers {
+            rt,
+            base: TokioInstant::now(),
+            dq: DelayQueue::new(),
         }
-        let d = t.elapsed();
-        assert_eq!(dq.len(), RESIDENT);
-        d
-    })
-}
-
-fn dq_reset_later(rt: &tokio::runtime::Runtime, plan: &Plan) -> Duration {
-    rt.block_on(async {
-        let base = TokioInstant::now();
-        let (mut dq, keys) = dq_filled(base, plan);
-        let t = Instant::now();
-        for &(victim, ms) in &plan.reset_later {
-            dq.reset_at(&keys[victim as usize], dq_at(base, ms));
-        }
-        let d = t.elapsed();
-        assert_eq!(dq.len(), RESIDENT);
-        d
-    })
+    }
 }
 
 /// Drains everything `poll_expired` hands out now; returns how many.
@@ -338,91 +423,182 @@ async fn dq_drain(dq: &mut DelayQueue<u64>) -> usize {
     }
 }
 
-fn dq_expiry(rt: &tokio::runtime::Runtime, plan: &Plan) -> (Duration, Duration) {
-    rt.block_on(async {
-        let base = TokioInstant::now();
-        let mut dq = DelayQueue::new();
-        let t = Instant::now();
-        for (i, &ms) in plan.initial.iter().enumerate() {
-            black_box(dq.insert_at(i as u64, dq_at(base, ms)));
-        }
-        let insert = t.elapsed();
-        let mut drain = Duration::ZERO;
-        let mut fired = 0usize;
-        let mut steps = 0u64;
-        while fired < RESIDENT {
-            tokio::time::advance(TICK).await;
-            steps += 1;
-            let t = Instant::now();
-            fired += dq_drain(&mut dq).await;
-            drain += t.elapsed();
-        }
-        assert_eq!(steps, SPREAD_MS, "DelayQueue needed extra steps");
-        assert!(dq.is_empty());
-        (insert, drain)
-    })
+impl Timers for DqTimers<'_> {
+    type Key = DqKey;
+
+    fn insert(&mut self, ms: u64, value: u64) -> DqKey {
+        self.dq.insert_at(value, dq_at(self.base, ms))
+    }
+
+    fn cancel(&mut self, key: DqKey) -> u64 {
+        self.dq.remove(&key).into_inner()
+    }
+
+    fn reset(&mut self, key: DqKey, ms: u64) {
+        self.dq.reset_at(&key, dq_at(self.base, ms));
+    }
+
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
+        let dq = &mut self.dq;
+        self.rt.block_on(async {
+            let mut drain = Duration::ZERO;
+            let mut fired = 0;
+            for _ in steps {
+                tokio::time::advance(TICK).await;
+                let t = Instant::now();
+                fired += dq_drain(dq).await;
+                drain += t.elapsed();
+            }
+            (drain, fired)
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.dq.len()
+    }
 }
 
 // ---- BinaryHeap with lazy cancellation ----
 
-fn heap_filled(base: Instant, plan: &Plan) -> (HeapTimers<u64>, Vec<heap_timers::HeapKey>) {
-    let mut heap = HeapTimers::new();
-    let keys = plan
-        .initial
-        .iter()
-        .enumerate()
-        .map(|(i, &ms)| heap.insert(at(base, ms), i as u64))
-        .collect();
-    (heap, keys)
+struct HeapTimersRun {
+    base: Instant,
+    heap: HeapTimers<u64>,
 }
 
-fn heap_churn(plan: &Plan) -> Duration {
-    let base = Instant::now();
-    let (mut heap, mut keys) = heap_filled(base, plan);
-    let t = Instant::now();
-    for (j, &(victim, ms)) in plan.churn.iter().enumerate() {
-        let key = &mut keys[victim as usize];
-        black_box(heap.cancel(*key).expect("cancel"));
-        *key = heap.insert(at(base, ms), j as u64);
-    }
-    let d = t.elapsed();
-    assert_eq!(heap.len(), RESIDENT);
-    d
-}
-
-fn heap_reset_later(plan: &Plan) -> Duration {
-    let base = Instant::now();
-    let (mut heap, keys) = heap_filled(base, plan);
-    let t = Instant::now();
-    for &(victim, ms) in &plan.reset_later {
-        assert!(heap.reset(keys[victim as usize], at(base, ms)));
-    }
-    let d = t.elapsed();
-    assert_eq!(heap.len(), RESIDENT);
-    d
-}
-
-fn heap_expiry(plan: &Plan) -> (Duration, Duration) {
-    let base = Instant::now();
-    let mut heap = HeapTimers::new();
-    let t = Instant::now();
-    for (i, &ms) in plan.initial.iter().enumerate() {
-        black_box(heap.insert(at(base, ms), i as u64));
-    }
-    let insert = t.elapsed();
-    let mut drain = Duration::ZERO;
-    let mut fired = 0usize;
-    for ms in 1..=SPREAD_MS {
-        let now = at(base, ms);
-        let t = Instant::now();
-        while let Some((value, _)) = heap.poll(now) {
-            black_box(value);
-            fired += 1;
+impl HeapTimersRun {
+    fn new() -> Self {
+        HeapTimersRun {
+            base: Instant::now(),
+            heap: HeapTimers::new(),
         }
-        drain += t.elapsed();
     }
-    assert_eq!(fired, RESIDENT);
-    (insert, drain)
+}
+
+impl Timers for HeapTimersRun {
+    type Key = heap_timers::HeapKey;
+
+    fn insert(&mut self, ms: u64, value: u64) -> Self::Key {
+        self.heap.insert(at(self.base, ms), value)
+    }
+
+    fn cancel(&mut self, key: Self::Key) -> u64 {
+        self.heap.cancel(key).expect("cancel")
+    }
+
+    fn reset(&mut self, key: Self::Key, ms: u64) {
+        assert!(self.heap.reset(key, at(self.base, ms)));
+    }
+
+    fn expire(&mut self, steps: Range<u64>) -> (Duration, usize) {
+        let heap = &mut self.heap;
+        expire_polled(steps, self.base, |now| {
+            heap.poll(now).map(|(value, _)| value)
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+// ---- taking turns ----
+
+/// Fresh, empty contenders: vitals, DelayQueue, heap.
+fn contenders(rt: &tokio::runtime::Runtime) -> [Box<dyn Contender + '_>; 3] {
+    [
+        Box::new(Run::new(WheelTimers::new(0))),
+        Box::new(Run::new(DqTimers::new(rt))),
+        Box::new(Run::new(HeapTimersRun::new())),
+    ]
+}
+
+/// Runs `turn` for each of the three contenders on each of `chunks` chunks, the order rotating by one
+/// from chunk to chunk (and from round to round, by `round`); returns each contender's summed result.
+fn take_turns<C, R: Default + std::ops::AddAssign>(
+    all: &mut [Box<dyn Contender + '_>; 3],
+    chunks: impl Iterator<Item = C>,
+    round: usize,
+    mut turn: impl FnMut(&mut dyn Contender, &C) -> R,
+) -> [R; 3] {
+    let mut sums = [R::default(), R::default(), R::default()];
+    for (c, chunk) in chunks.enumerate() {
+        for k in 0..3 {
+            let who = (c + round + k) % 3;
+            sums[who] += turn(all[who].as_mut(), &chunk);
+        }
+    }
+    sums
+}
+
+/// Fresh contenders filled with the plan's resident set, untimed.
+fn filled<'r>(rt: &'r tokio::runtime::Runtime, plan: &Plan) -> [Box<dyn Contender + 'r>; 3] {
+    let mut all = contenders(rt);
+    for c in &mut all {
+        c.insert(&plan.initial, 0);
+        assert_eq!(c.len(), RESIDENT);
+    }
+    all
+}
+
+fn churn_round(rt: &tokio::runtime::Runtime, plan: &Plan, round: usize) -> [f64; 3] {
+    let mut all = filled(rt, plan);
+    let chunks = plan.churn.chunks(CHUNK).enumerate();
+    let times = take_turns(&mut all, chunks, round, |c, &(i, ops)| {
+        c.churn(ops, i * CHUNK)
+    });
+    for c in &all {
+        assert_eq!(c.len(), RESIDENT);
+    }
+    times.map(|d| ns_per(d, OPS))
+}
+
+fn reset_later_round(rt: &tokio::runtime::Runtime, plan: &Plan, round: usize) -> [f64; 3] {
+    let mut all = filled(rt, plan);
+    let chunks = plan.reset_later.chunks(CHUNK);
+    let times = take_turns(&mut all, chunks, round, |c, ops| c.reset_later(ops));
+    for c in &all {
+        assert_eq!(c.len(), RESIDENT);
+    }
+    times.map(|d| ns_per(d, OPS))
+}
+
+/// Returns (drain, insert + drain) in ns per timer.
+fn expiry_round(rt: &tokio::runtime::Runtime, plan: &Plan, round: usize) -> ([f64; 3], [f64; 3]) {
+    let mut all = contenders(rt);
+    let chunks = plan.initial.chunks(CHUNK).enumerate();
+    let inserts = take_turns(&mut all, chunks, round, |c, &(i, deadlines)| {
+        c.insert(deadlines, i * CHUNK)
+    });
+    let steps = (1..=SPREAD_MS)
+        .step_by(STEP_CHUNK as usize)
+        .map(|from| from..(from + STEP_CHUNK).min(SPREAD_MS + 1));
+    let drains = take_turns(&mut all, steps, round, |c, steps| {
+        let (d, fired) = c.expire(steps.clone());
+        Drained(d, fired)
+    })
+    .map(|Drained(d, fired)| {
+        assert_eq!(fired, RESIDENT, "every timer fires within the spread");
+        d
+    });
+    for c in &all {
+        assert_eq!(c.len(), 0);
+    }
+    let mut with_insert = [0.0; 3];
+    for k in 0..3 {
+        with_insert[k] = ns_per(inserts[k] + drains[k], RESIDENT);
+    }
+    (drains.map(|d| ns_per(d, RESIDENT)), with_insert)
+}
+
+/// Drain time and timers fired, summed over turns.
+#[derive(Default)]
+struct Drained(Duration, usize);
+
+impl std::ops::AddAssign for Drained {
+    fn add_assign(&mut self, other: Drained) {
+        self.0 += other.0;
+        self.1 += other.1;
+    }
 }
 
 // ---- memory ----
@@ -431,54 +607,43 @@ fn per_timer(bytes: isize) -> f64 {
     bytes as f64 / RESIDENT as f64
 }
 
-/// Bytes per timer of a `Wheel<u64>` holding `RESIDENT` timers; `presized` reserves the slab up front.
-fn wheel_memory(plan: &Plan, presized: bool) -> f64 {
-    let base = Instant::now();
-    let before = counting::start();
-    let mut wheel = if presized {
-        Wheel::with_tick(base, TICK, RESIDENT).expect("tick")
-    } else {
-        Wheel::new(base)
-    };
-    for (i, &ms) in plan.initial.iter().enumerate() {
-        black_box(wheel.insert(at(base, ms), i as u64).expect("insert"));
-    }
-    let after = counting::current();
-    // The wheel's fixed part (its slot heads and bitmaps) lives inline; count it too.
-    let inline = std::mem::size_of_val(&wheel) as isize;
-    drop(wheel);
-    counting::stop();
-    per_timer(after - before + inline)
+/// What a memory measurement built: the structure's inline size, the heap bytes of the caller's keys (not
+/// the structure's, left out), and the structure itself, to drop once counted.
+struct Built {
+    inline: isize,
+    keys: isize,
+    keep: Box<dyn std::any::Any>,
 }
 
-fn dq_memory(rt: &tokio::runtime::Runtime, plan: &Plan) -> f64 {
-    rt.block_on(async {
-        let base = TokioInstant::now();
-        let before = counting::start();
-        let mut dq = DelayQueue::new();
-        for (i, &ms) in plan.initial.iter().enumerate() {
-            black_box(dq.insert_at(i as u64, dq_at(base, ms)));
+/// Bytes per timer held by a structure built (filled, and maybe churned) while the counting allocator is
+/// on: what it allocated plus its inline size.
+fn counted(build: impl FnOnce() -> Built) -> f64 {
+    let before = counting::start();
+    let built = build();
+    let after = counting::current();
+    drop(built.keep);
+    counting::stop();
+    per_timer(after - before - built.keys + built.inline)
+}
+
+/// Heap bytes of a key vector.
+fn vec_bytes<K>(keys: &Vec<K>) -> isize {
+    (keys.capacity() * std::mem::size_of::<K>()) as isize
+}
+
+/// Bytes per timer of an implementation made by `make`, holding `RESIDENT` timers, after all churn
+/// operations too when `churn` is given: what it allocated plus its inline size (its keys, the caller's,
+/// left out).
+fn memory<S: Timers + 'static>(make: impl FnOnce() -> S, plan: &Plan, churn: bool) -> f64 {
+    counted(|| {
+        let mut run = Run::new(make());
+        run.fill(&plan.initial, churn.then_some(plan.churn.as_slice()));
+        Built {
+            inline: std::mem::size_of_val(&run.timers) as isize,
+            keys: vec_bytes(&run.keys),
+            keep: Box::new(run),
         }
-        let after = counting::current();
-        let inline = std::mem::size_of_val(&dq) as isize;
-        drop(dq);
-        counting::stop();
-        per_timer(after - before + inline)
     })
-}
-
-fn heap_memory(plan: &Plan) -> f64 {
-    let base = Instant::now();
-    let before = counting::start();
-    let mut heap = HeapTimers::new();
-    for (i, &ms) in plan.initial.iter().enumerate() {
-        black_box(heap.insert(at(base, ms), i as u64));
-    }
-    let after = counting::current();
-    let inline = std::mem::size_of_val(&heap) as isize;
-    drop(heap);
-    counting::stop();
-    per_timer(after - before + inline)
 }
 
 /// Median of the rounds.
@@ -487,11 +652,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs the three implementations `ROUNDS` times, interleaved, and keeps the median of each.
-fn measure(mut run: impl FnMut() -> [f64; 3]) -> Row {
+/// Runs `round` [`ROUNDS`] times and keeps the median of each implementation.
+fn measure(mut round: impl FnMut(usize) -> [f64; 3]) -> Row {
     let mut all = [Vec::new(), Vec::new(), Vec::new()];
-    for _ in 0..ROUNDS {
-        for (samples, x) in all.iter_mut().zip(run()) {
+    for r in 0..ROUNDS {
+        for (samples, x) in all.iter_mut().zip(round(r)) {
             samples.push(x);
         }
     }
@@ -505,53 +670,57 @@ fn measure(mut run: impl FnMut() -> [f64; 3]) -> Row {
 
 fn main() {
     let plan = Plan::new(0x5EED_0F71_741E_5500);
-    let rt = runtime();
+    // Leaked so that `DelayQueue`s may hold it in memory measurements ('static); one per process anyway.
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime()));
+    let _context = rt.enter();
 
-    measure(|| {
-        [
-            ns_per(wheel_churn(&plan), OPS),
-            ns_per(dq_churn(&rt, &plan), OPS),
-            ns_per(heap_churn(&plan), OPS),
-        ]
-    })
-    .print("churn");
-
-    measure(|| {
-        [
-            ns_per(wheel_reset_later(&plan), OPS),
-            ns_per(dq_reset_later(&rt, &plan), OPS),
-            ns_per(heap_reset_later(&plan), OPS),
-        ]
-    })
-    .print("reset_later");
+    let churn = measure(|r| churn_round(rt, &plan, r));
+    churn.print("churn");
+    let reset_later = measure(|r| reset_later_round(rt, &plan, r));
+    reset_later.print("reset_later");
 
     // Drain only, and insert + drain, from the same rounds.
     let mut with_insert = Vec::new();
-    let expiry = measure(|| {
-        let runs = [
-            wheel_expiry(&plan),
-            dq_expiry(&rt, &plan),
-            heap_expiry(&plan),
-        ];
-        with_insert.push(runs.map(|(insert, drain)| ns_per(insert + drain, RESIDENT)));
-        runs.map(|(_, drain)| ns_per(drain, RESIDENT))
+    let expiry = measure(|r| {
+        let (drain, both) = expiry_round(rt, &plan, r);
+        with_insert.push(both);
+        drain
     });
     expiry.print("expiry");
 
-    let natural = wheel_memory(&plan, false);
-    let presized = wheel_memory(&plan, true);
+    let natural = memory(|| WheelTimers::new(0), &plan, false);
+    let presized = memory(|| WheelTimers::new(RESIDENT), &plan, false);
     println!("memory bytes_per_timer={natural:.1} presized_bytes_per_timer={presized:.1}");
 
     println!(
         "context memory delayqueue_bytes_per_timer={:.1} heap_bytes_per_timer={:.1}",
-        dq_memory(&rt, &plan),
-        heap_memory(&plan)
+        memory(|| DqTimers::new(rt), &plan, false),
+        memory(HeapTimersRun::new, &plan, false)
+    );
+    let after_churn = memory(|| WheelTimers::new(0), &plan, true);
+    println!(
+        "context memory_after_churn vitals_bytes_per_timer={after_churn:.1} delayqueue_bytes_per_timer={:.1} \
+         heap_bytes_per_timer={:.1}",
+        memory(|| DqTimers::new(rt), &plan, true),
+        memory(HeapTimersRun::new, &plan, true)
     );
     let mut rounds = with_insert.into_iter();
     print!("context ");
-    measure(|| rounds.next().expect("one per round")).print("expiry_incl_insert");
+    measure(|_| rounds.next().expect("one per round")).print("expiry_incl_insert");
     println!(
         "context setup resident={RESIDENT} ops={OPS} spread_ms={SPREAD_MS} push_ms=1..={PUSH_MS} tick_ms=1 \
-         rounds={ROUNDS} (median of interleaved rounds)"
+         rounds={ROUNDS} chunk={CHUNK} step_chunk={STEP_CHUNK} (median of rounds; implementations take turns \
+         per chunk)"
+    );
+    let met = |ok: bool| if ok { "yes" } else { "NO" };
+    println!(
+        "targets churn_3x={} reset_later_3x={} expiry_2x={} beats_heap={} memory_48={}",
+        met(churn.delayqueue >= 3.0 * churn.vitals),
+        met(reset_later.delayqueue >= 3.0 * reset_later.vitals),
+        met(expiry.delayqueue >= 2.0 * expiry.vitals),
+        met([&churn, &reset_later, &expiry]
+            .iter()
+            .all(|row| row.vitals < row.heap)),
+        met(natural <= 48.0 && after_churn <= 48.0),
     );
 }

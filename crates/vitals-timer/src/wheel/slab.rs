@@ -38,6 +38,14 @@ pub(crate) struct Entry<T> {
     pub(crate) slot: u8,
 }
 
+/// Where an entry is listed: `level` (or [`PENDING`]), `slot`, and its position `pos` in that list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    pub(crate) level: u8,
+    pub(crate) slot: u8,
+    pub(crate) pos: u32,
+}
+
 /// Slab of entries plus a free list.
 pub(crate) struct Slab<T> {
     entries: Vec<Entry<T>>,
@@ -73,33 +81,41 @@ impl<T> Slab<T> {
         self.entries.len()
     }
 
-    /// Stores `value` (listed nowhere yet: `level` is [`PENDING`] until the caller files it) and returns
+    /// Stores `value` due at `deadline`, listed at `place` (the caller puts it there) and returns
     /// `(index, generation)`. `None` when 2^32 - 1 entries are live.
-    pub(crate) fn alloc(&mut self, value: T, deadline: u64) -> Option<(u32, u32)> {
-        let index = if self.free != NIL {
-            let index = self.free;
-            let entry = &mut self.entries[index as usize];
-            self.free = entry.pos;
-            entry.value = MaybeUninit::new(value);
-            entry.deadline = deadline;
-            entry.level = PENDING;
-            index
-        } else {
-            let index = u32::try_from(self.entries.len())
-                .ok()
-                .filter(|&i| i != NIL)?;
-            self.entries.push(Entry {
-                value: MaybeUninit::new(value),
-                deadline,
-                pos: 0,
-                generation: 0,
-                level: PENDING,
-                slot: 0,
-            });
-            index
-        };
+    #[inline]
+    pub(crate) fn alloc(&mut self, value: T, deadline: u64, place: Place) -> Option<(u32, u32)> {
+        if self.free == NIL {
+            return self.alloc_new(value, deadline, place);
+        }
+        let index = self.free;
+        let entry = &mut self.entries[index as usize];
+        self.free = entry.pos;
+        entry.value = MaybeUninit::new(value);
+        entry.deadline = deadline;
+        entry.pos = place.pos;
+        entry.level = place.level;
+        entry.slot = place.slot;
         self.len += 1;
-        Some((index, self.entries[index as usize].generation))
+        Some((index, entry.generation))
+    }
+
+    /// [`alloc`](Self::alloc) when no freed entry is left: the slab grows by one.
+    #[cold]
+    fn alloc_new(&mut self, value: T, deadline: u64, place: Place) -> Option<(u32, u32)> {
+        let index = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&i| i != NIL)?;
+        self.entries.push(Entry {
+            value: MaybeUninit::new(value),
+            deadline,
+            pos: place.pos,
+            generation: 0,
+            level: place.level,
+            slot: place.slot,
+        });
+        self.len += 1;
+        Some((index, 0))
     }
 
     /// The live entry at `index` with `generation`, if any.
@@ -134,6 +150,30 @@ impl<T> Slab<T> {
             .filter(|e| e.generation == generation && e.level != VACANT)?;
         // SAFETY: filtered on `level != VACANT`, so `value` is initialised.
         Some(unsafe { entry.value.assume_init_mut() })
+    }
+
+    /// Frees the live entry `(index, generation)` in one visit and returns its payload and where it was
+    /// listed: `(value, level, slot, pos)`. `None` (and nothing changed) for a stale key. The caller takes
+    /// it out of that list; its `level` is [`VACANT`] now, so a slot-list tombstone no longer matches it.
+    #[inline]
+    pub(crate) fn take(&mut self, index: u32, generation: u32) -> Option<(T, u8, u8, u32)> {
+        let free_head = self.free;
+        let entry = self
+            .entries
+            .get_mut(index as usize)
+            .filter(|e| e.generation == generation && e.level != VACANT)?;
+        let listed = (entry.level, entry.slot, entry.pos);
+        // SAFETY: filtered on `level != VACANT`, so `value` is initialised; `level = VACANT` right after
+        // makes sure it is never read again until `alloc` writes a new value.
+        let value = unsafe { entry.value.assume_init_read() };
+        entry.level = VACANT;
+        // `generation` (the key's, equal to the entry's) rather than the entry's: the value stored then
+        // does not wait for the entry to come from memory.
+        entry.generation = generation.wrapping_add(1);
+        entry.pos = free_head;
+        self.free = index;
+        self.len -= 1;
+        Some((value, listed.0, listed.1, listed.2))
     }
 
     /// Frees a live entry that is already unlisted and returns its payload. Bumps the generation so
@@ -174,6 +214,12 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
+    const DUE: Place = Place {
+        level: PENDING,
+        slot: 0,
+        pos: 0,
+    };
+
     #[test]
     fn entry_with_eight_byte_payload_is_thirty_two_bytes() {
         assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
@@ -182,11 +228,11 @@ mod tests {
     #[test]
     fn freed_entries_are_reused_with_a_new_generation() {
         let mut slab = Slab::with_capacity(0);
-        let (a, ga) = slab.alloc(1u64, 0).unwrap();
+        let (a, ga) = slab.alloc(1u64, 0, DUE).unwrap();
         assert_eq!(slab.free(a), Some(1));
         assert_eq!(slab.free(a), None, "double free is refused");
         assert!(slab.get(a, ga).is_none());
-        let (b, gb) = slab.alloc(2u64, 0).unwrap();
+        let (b, gb) = slab.alloc(2u64, 0, DUE).unwrap();
         assert_eq!(b, a);
         assert_ne!(gb, ga);
         assert_eq!(slab.value(b, gb), Some(&2));
@@ -198,9 +244,9 @@ mod tests {
         let probe = Rc::new(());
         {
             let mut slab = Slab::with_capacity(0);
-            let (a, _) = slab.alloc(Rc::clone(&probe), 0).unwrap();
-            slab.alloc(Rc::clone(&probe), 0).unwrap();
-            slab.alloc(Rc::clone(&probe), 0).unwrap();
+            let (a, _) = slab.alloc(Rc::clone(&probe), 0, DUE).unwrap();
+            slab.alloc(Rc::clone(&probe), 0, DUE).unwrap();
+            slab.alloc(Rc::clone(&probe), 0, DUE).unwrap();
             assert_eq!(Rc::strong_count(&probe), 4);
             drop(slab.free(a));
             assert_eq!(Rc::strong_count(&probe), 3);

@@ -244,7 +244,7 @@ fn cancels_leave_tombstones_that_compaction_and_expiry_skip() {
     let keys: Vec<Key> = (0..2000u64)
         .map(|i| wheel.insert_at_tick(8192 + (i * 7) % 4096, i).unwrap())
         .collect();
-    let slot_list = |w: &Wheel<u64>| w.lists[2 * level::SLOTS + 2].len();
+    let slot_list = |w: &Wheel<u64>| w.slots[2][2].len();
     assert_eq!(slot_list(&wheel), 2000);
     // Cancel 1,900 in a scattered order: the list is compacted on the way, never left mostly dead.
     let mut cancelled = std::collections::HashSet::new();
@@ -254,7 +254,8 @@ fn cancels_leave_tombstones_that_compaction_and_expiry_skip() {
         assert_eq!(wheel.cancel(keys[i as usize]), Ok(i));
         assert!(
             slot_list(&wheel)
-                <= COMPACT_RATIO * wheel.live[2 * level::SLOTS + 2] as usize + COMPACT_SLACK
+                <= COMPACT_RATIO * (wheel.slots[2][2].len() - wheel.dead[2][2] as usize)
+                    + COMPACT_SLACK
         );
     }
     // Re-file some survivors earlier within the same slot, and recycle cancelled entries into it.
