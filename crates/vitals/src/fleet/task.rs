@@ -414,6 +414,7 @@ impl Task {
                 if self.stopping.is_some() {
                     break;
                 }
+                self.shrink();
                 let tick = tokio::time::sleep_until(self.next_heartbeat.into());
                 tokio::select! {
                     op = self.rx.recv() => self.take_or_stop(op),
@@ -454,6 +455,22 @@ impl Task {
     /// Nothing to call now.
     fn idle(&self) -> bool {
         self.pending.is_empty() && self.acks.is_empty() && self.fetch.is_empty()
+    }
+
+    /// Gives back what a burst (thousands of connections registering at once, say) grew the queues
+    /// to, once they are empty: the task's memory follows its sessions, not its busiest moment.
+    fn shrink(&mut self) {
+        const KEEP: usize = 64;
+        if self.pending.is_empty() && self.pending.capacity() > 16 * KEEP {
+            self.pending.shrink_to(KEEP);
+        }
+        if self.acks.is_empty() && self.acks.capacity() > 16 * KEEP {
+            self.acks.shrink_to(KEEP);
+        }
+        if self.fetch.is_empty() && self.fetch.capacity() > 16 * KEEP {
+            self.fetch.shrink_to(KEEP);
+            self.fetching.shrink_to(KEEP);
+        }
     }
 
     /// Takes a received operation; `None` (every sender gone) means stop now.
