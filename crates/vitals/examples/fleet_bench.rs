@@ -363,7 +363,9 @@ async fn memory(redis: &RedisServer) -> Result<(f64, f64), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let redis = RedisServer::start();
         println!("fleet_bench: redis-server on port {} (no persistence)", redis.port);

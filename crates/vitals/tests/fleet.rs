@@ -870,3 +870,65 @@ async fn redis_killed_with_appendfsync_always_keeps_exactly_once() {
     let data: Vec<u64> = stored[&sid].iter().map(|(_, d)| num(d)).collect();
     assert_eq!(data, (0..301).collect::<Vec<_>>());
 }
+
+/// A parked session expires in Redis after the session ttl: a resume after that is answered
+/// `UnknownSession` (the client says `SessionLost`), one before it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_session_expires_after_the_ttl() {
+    use std::io::Write;
+    let redis = RedisServer::start();
+    let store = RedisStore::with_config(&redis.url(), fleet_cfg("a")).unwrap();
+    let mut cfg = server_config().with_timing(Duration::from_secs(1), Duration::from_secs(3));
+    cfg.proto.session.ttl = Duration::from_millis(400);
+    let server = Server::bind_with_store(cfg, store).unwrap();
+    let addr = server.local_addr();
+    let backend = Backend::connect(&redis.url(), &fleet_cfg("a"))
+        .await
+        .unwrap();
+    let resume = |sid, token| {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(&race::hello(Some((sid, token, 0)))).unwrap();
+            race::frames_for(&mut s, Duration::from_millis(500))
+        })
+    };
+    for (wait, expect_resumed) in [
+        (Duration::from_millis(100), true),
+        (Duration::from_millis(900), false),
+    ] {
+        let (first, sid, token) = tokio::task::spawn_blocking(move || race::new_session(addr))
+            .await
+            .unwrap();
+        let end = tokio::time::Instant::now() + WITHIN;
+        while !backend.presence(sid).await.unwrap().is_some_and(|p| p.live) {
+            assert!(tokio::time::Instant::now() < end, "never registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(first); // parked: no CLOSE from the client
+        let end = tokio::time::Instant::now() + WITHIN;
+        while backend.presence(sid).await.unwrap().is_some_and(|p| p.live) {
+            assert!(tokio::time::Instant::now() < end, "never parked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(wait).await;
+        let frames = resume(sid, token).await.unwrap();
+        let resumed = frames
+            .iter()
+            .any(|f| matches!(f, vitals::vitals_proto::Frame::Welcome(w) if w.resumed));
+        let unknown = frames.iter().any(|f| {
+            matches!(
+                f,
+                vitals::vitals_proto::Frame::Close {
+                    code: vitals::vitals_proto::CloseCode::UnknownSession,
+                    ..
+                }
+            )
+        });
+        assert_eq!(
+            (resumed, unknown),
+            (expect_resumed, !expect_resumed),
+            "after {wait:?}: {frames:?}"
+        );
+    }
+    drop(server);
+}
