@@ -99,7 +99,7 @@ fn calls_between(a: &HashMap<String, u64>, b: &HashMap<String, u64>) -> (u64, St
         .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0)))
         .filter(|(_, v)| *v > 0)
         .collect();
-    by.sort_by(|x, y| y.1.cmp(&x.1));
+    by.sort_by_key(|x| std::cmp::Reverse(x.1));
     let total = by.iter().map(|(_, v)| v).sum();
     let text = by
         .iter()
