@@ -17,10 +17,6 @@ use vitals::{Client, ClientConfig, ClientEvent};
 const CLIENTS: usize = 6;
 const EACH: u64 = 2_000;
 
-fn num(payload: &[u8]) -> u64 {
-    u64::from_be_bytes(payload[..8].try_into().unwrap())
-}
-
 #[test]
 fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
     let redis = RedisServer::start();
@@ -151,28 +147,7 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
         let (status, _second) = status.await.unwrap();
         assert!(status.success(), "drained server exit {status:?}");
         let keys = cfg.keys();
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let stored = inbound(&url, &keys).await;
-            let done = sids
-                .iter()
-                .all(|s| stored.get(s).is_some_and(|v| v.len() as u64 >= EACH));
-            if done || tokio::time::Instant::now() > end {
-                for sid in &sids {
-                    let data: Vec<u64> = stored
-                        .get(sid)
-                        .map(|v| v.iter().map(|(_, d)| num(d)).collect())
-                        .unwrap_or_default();
-                    assert_eq!(
-                        data,
-                        (0..EACH).collect::<Vec<_>>(),
-                        "inbound stream of {sid:?}"
-                    );
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        assert_inbound_exactly_once(&url, &keys, &sids, EACH).await;
         // Every session of the killed and of the drained server moved to another one.
         let events = events(&url, &keys).await;
         let moved_from = |node: &str| {

@@ -69,6 +69,20 @@ fn client_config(addr: std::net::SocketAddr) -> ClientConfig {
     cfg
 }
 
+/// A client connected to `addr`, and its session.
+async fn connect(addr: std::net::SocketAddr) -> Result<(Client, SessionId), BoxError> {
+    let mut c = Client::connect(client_config(addr));
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await? {
+            Some(ClientEvent::Connected {
+                session: Some(s), ..
+            }) => return Ok((c, s)),
+            Some(_) => {}
+            None => return Err("client ended".into()),
+        }
+    }
+}
+
 /// Redis's per-command call counts and its used memory.
 fn redis_stats(redis: &RedisServer) -> (HashMap<String, u64>, u64) {
     let text = redis.command(&["INFO", "all"]).unwrap_or_default();
@@ -155,19 +169,8 @@ async fn throughput(servers: Vec<Server>) -> Result<Throughput, BoxError> {
     let mut clients = Vec::new();
     let mut sids = Vec::new();
     for i in 0..CLIENTS {
-        let mut c = Client::connect(client_config(addrs[i % addrs.len()]));
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await? {
-                Some(ClientEvent::Connected {
-                    session: Some(s), ..
-                }) => {
-                    sids.push(s);
-                    break;
-                }
-                Some(_) => {}
-                None => return Err("client ended".into()),
-            }
-        }
+        let (c, s) = connect(addrs[i % addrs.len()]).await?;
+        sids.push(s);
         clients.push(c);
     }
     // A session is registered a round trip after the client's Connected.
@@ -276,16 +279,7 @@ async fn resumes(servers: Vec<Server>, lb: Option<Balancer>) -> Result<Histogram
     let mut sids = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..RESUME_CLIENTS {
-        let mut c = Client::connect(client_config(addr));
-        let sid = loop {
-            match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await? {
-                Some(ClientEvent::Connected {
-                    session: Some(s), ..
-                }) => break s,
-                Some(_) => {}
-                None => return Err("client ended".into()),
-            }
-        };
+        let (mut c, sid) = connect(addr).await?;
         sids.push(sid);
         let hist = Arc::clone(&hist);
         let resumed = Arc::clone(&resumed);
@@ -341,15 +335,7 @@ async fn memory(redis: &RedisServer) -> Result<(f64, f64), BoxError> {
     let (_, before) = redis_stats(redis);
     let mut clients = Vec::new();
     for _ in 0..PARKED {
-        let mut c = Client::connect(client_config(addr));
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await? {
-                Some(ClientEvent::Connected { .. }) => break,
-                Some(_) => {}
-                None => return Err("client ended".into()),
-            }
-        }
-        clients.push(c);
+        clients.push(connect(addr).await?.0);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, live) = redis_stats(redis);

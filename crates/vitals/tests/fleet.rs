@@ -113,10 +113,6 @@ struct Seen {
     confirmed: usize,
 }
 
-fn num(payload: &[u8]) -> u64 {
-    u64::from_be_bytes(payload[..8].try_into().unwrap())
-}
-
 /// The acceptance, in one process: 3 servers on one Redis behind a load balancer, 6 clients
 /// streaming 3,000 messages each way (client → server from the client, server → client from a
 /// backend through `send_to_session_written` on random servers), at least 100 forced disconnects
@@ -336,34 +332,7 @@ async fn three_servers_forced_disconnects_and_a_drain_lose_and_duplicate_nothing
     }
     // Everything the clients sent is in Redis once, in order; so it is in the applications' events.
     let keys = fleet_cfg("a").keys();
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let stored = inbound(&redis.url(), &keys).await;
-        let done = sids
-            .iter()
-            .all(|s| stored.get(s).is_some_and(|v| v.len() as u64 >= EACH));
-        if done || tokio::time::Instant::now() > end {
-            for sid in &sids {
-                let seqs: Vec<u64> = stored
-                    .get(sid)
-                    .map(|v| v.iter().map(|(s, _)| *s).collect())
-                    .unwrap_or_default();
-                assert_eq!(
-                    seqs,
-                    (0..EACH).collect::<Vec<_>>(),
-                    "inbound stream of {sid:?}"
-                );
-                let data: Vec<u64> = stored[sid].iter().map(|(_, d)| num(d)).collect();
-                assert_eq!(
-                    data,
-                    (0..EACH).collect::<Vec<_>>(),
-                    "inbound payloads of {sid:?}"
-                );
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_inbound_exactly_once(&redis.url(), &keys, &sids, EACH).await;
     let s = seen.lock().unwrap();
     for sid in &sids {
         let mut got = s.messages.get(sid).cloned().unwrap_or_default();

@@ -41,23 +41,7 @@ fn server_caps_the_proposed_timing_and_both_sides_use_the_grant() {
 #[test]
 fn ping_abuse_collects_strikes_then_typed_close() {
     let t0 = Instant::now();
-    let cfg = Config::default();
-    let mut server = Connection::server(t0, cfg, keys(1));
-    let mut bytes = Vec::new();
-    frame::encode_hello(
-        &mut bytes,
-        &Hello {
-            version: VERSION,
-            interval_ms: 1000,
-            timeout_ms: 3000,
-            resume: None,
-            auth: None,
-        },
-    );
-    // A client answers WELCOME with ACK(0), which confirms the new session.
-    frame::encode_ack(&mut bytes, 0);
-    server.handle_input(t0, &bytes);
-    assert!(matches!(events(&mut server)[..], [Event::Connected { .. }]));
+    let mut server = open_binary_server(t0);
     let mut strikes = Vec::new();
     let mut closed = None;
     for i in 1..20u64 {

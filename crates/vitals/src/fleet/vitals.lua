@@ -19,6 +19,19 @@ local function event(key, ...)
   redis.call('XADD', key, 'MAXLEN', '~', '100000', '*', ...)
 end
 
+-- The owner's fence: nil when `epoch` is the session's, else the answer to give ('lost' when the
+-- session is gone, 'fenced' when another owner took it over). Extra fields are read with it.
+local function fence(meta, epoch, ...)
+  local f = redis.call('HMGET', meta, 'epoch', ...)
+  if not f[1] then
+    return {'lost'}, f
+  end
+  if f[1] ~= epoch then
+    return {'fenced'}, f
+  end
+  return nil, f
+end
+
 local function expire_pair(meta, out, ms)
   redis.call('PEXPIRE', meta, ms)
   if redis.call('EXISTS', out) == 1 then
@@ -51,12 +64,9 @@ end
 local function commit(keys, args)
   local meta, inbound = keys[1], keys[2]
   local sid, epoch, node, first, maxlen = args[1], args[2], args[3], tonumber(args[4]), args[5]
-  local f = redis.call('HMGET', meta, 'epoch', 'in_next', 'owner')
-  if not f[1] then
-    return {'lost'}
-  end
-  if f[1] ~= epoch then
-    return {'fenced', f[3]}
+  local refused, f = fence(meta, epoch, 'in_next')
+  if refused then
+    return refused
   end
   local nxt = tonumber(f[2])
   if first > nxt then
@@ -156,12 +166,9 @@ end
 local function ack(keys, args)
   local meta, out = keys[1], keys[2]
   local epoch, acked = args[1], tonumber(args[2])
-  local f = redis.call('HMGET', meta, 'epoch', 'out_acked', 'out_next')
-  if not f[1] then
-    return {'lost'}
-  end
-  if f[1] ~= epoch then
-    return {'fenced'}
+  local refused, f = fence(meta, epoch, 'out_acked', 'out_next')
+  if refused then
+    return refused
   end
   if acked > tonumber(f[2]) and acked <= tonumber(f[3]) then
     redis.call('HSET', meta, 'out_acked', acked)
@@ -174,12 +181,9 @@ end
 local function park(keys, args)
   local meta, out, live, events = keys[1], keys[2], keys[3], keys[4]
   local sid, epoch, node, reason, ttl, rtt, now = args[1], args[2], args[3], args[4], args[5], args[6], args[7]
-  local f = redis.call('HMGET', meta, 'epoch')
-  if not f[1] then
-    return {'lost'}
-  end
-  if f[1] ~= epoch then
-    return {'fenced'}
+  local refused = fence(meta, epoch)
+  if refused then
+    return refused
   end
   redis.call('HSET', meta, 'state', 'parked', 'since', now, 'rtt_us', rtt, 'reason', reason)
   expire_pair(meta, out, ttl)
@@ -192,12 +196,9 @@ end
 local function finish(keys, args)
   local meta, out, live, events = keys[1], keys[2], keys[3], keys[4]
   local sid, epoch, node, reason, now = args[1], args[2], args[3], args[4], args[5]
-  local f = redis.call('HMGET', meta, 'epoch')
-  if not f[1] then
-    return {'lost'}
-  end
-  if f[1] ~= epoch then
-    return {'fenced'}
+  local refused = fence(meta, epoch)
+  if refused then
+    return refused
   end
   redis.call('DEL', meta, out)
   redis.call('ZREM', live, sid)
@@ -209,12 +210,9 @@ end
 local function touch(keys, args)
   local meta, out = keys[1], keys[2]
   local epoch, lease, rtt = args[1], args[2], args[3]
-  local f = redis.call('HMGET', meta, 'epoch')
-  if not f[1] then
-    return {'lost'}
-  end
-  if f[1] ~= epoch then
-    return {'fenced'}
+  local refused = fence(meta, epoch)
+  if refused then
+    return refused
   end
   expire_pair(meta, out, lease)
   redis.call('HSET', meta, 'rtt_us', rtt)

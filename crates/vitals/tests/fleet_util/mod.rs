@@ -220,6 +220,48 @@ pub async fn inbound(url: &str, keys: &FleetKeys) -> HashMap<SessionId, Vec<(u64
     out
 }
 
+/// The number a test message carries in its first 8 bytes.
+pub fn num(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload[..8].try_into().unwrap())
+}
+
+/// Waits (≤ 10 s) until Redis's inbound streams hold `each` messages of every session in `sids`, then
+/// asserts that each holds exactly sequence numbers `0..each`, in order, carrying the numbers
+/// `0..each`: every message exactly once, in order.
+pub async fn assert_inbound_exactly_once(
+    url: &str,
+    keys: &FleetKeys,
+    sids: &[SessionId],
+    each: u64,
+) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = inbound(url, keys).await;
+        let done = sids
+            .iter()
+            .all(|s| stored.get(s).is_some_and(|v| v.len() as u64 >= each));
+        if done || Instant::now() > end {
+            for sid in sids {
+                let entries = stored.get(sid).cloned().unwrap_or_default();
+                let seqs: Vec<u64> = entries.iter().map(|(s, _)| *s).collect();
+                assert_eq!(
+                    seqs,
+                    (0..each).collect::<Vec<_>>(),
+                    "inbound stream of {sid:?}"
+                );
+                let data: Vec<u64> = entries.iter().map(|(_, d)| num(d)).collect();
+                assert_eq!(
+                    data,
+                    (0..each).collect::<Vec<_>>(),
+                    "inbound payloads of {sid:?}"
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every event of the fleet (all partitions), as field maps.
 pub async fn events(url: &str, keys: &FleetKeys) -> Vec<HashMap<String, String>> {
     let client = redis::Client::open(url).unwrap();
