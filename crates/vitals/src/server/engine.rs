@@ -123,6 +123,9 @@ pub(crate) struct Loop {
     fleet_waiting: HashMap<usize, (u32, std::collections::VecDeque<(u64, Bytes)>)>,
     /// Fleet: when this loop next refreshes its sessions' leases and presence in the store.
     next_touch: Instant,
+    /// When a local stall was last logged, and the connections that saw one since.
+    stall_logged: Option<Instant>,
+    stalls_unlogged: u64,
 }
 
 impl Loop {
@@ -193,6 +196,8 @@ impl Loop {
             touched: Vec::new(),
             fleet_waiting: HashMap::new(),
             next_touch: Instant::now(),
+            stall_logged: None,
+            stalls_unlogged: 0,
             shared,
         })
     }
@@ -716,11 +721,22 @@ impl Loop {
                 Event::Suspect { phi } => Some(ServerEvent::Suspect { conn: id, phi }),
                 Event::Stalled { late_by } => {
                     metrics::counter!(m::LOCAL_STALLS).increment(1);
-                    tracing::warn!(
-                        shard = self.shard,
-                        ?late_by,
-                        "local stall: timer fired late; no conviction"
-                    );
+                    // One stall of the process is seen by every connection due in it: say it once
+                    // a second per loop, with how many connections saw it, not once per connection.
+                    self.stalls_unlogged += 1;
+                    if self
+                        .stall_logged
+                        .is_none_or(|t| now >= t + Duration::from_secs(1))
+                    {
+                        tracing::warn!(
+                            shard = self.shard,
+                            ?late_by,
+                            connections = self.stalls_unlogged,
+                            "local stall: timer fired late; no conviction"
+                        );
+                        self.stall_logged = Some(now);
+                        self.stalls_unlogged = 0;
+                    }
                     None
                 }
                 Event::PingStrike { strikes } => {
