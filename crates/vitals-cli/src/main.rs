@@ -9,12 +9,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod child;
 mod config;
 mod connect;
 mod demo;
 mod http;
 mod logging;
 mod probe;
+mod redis_server;
 mod serve;
 
 /// Long-lived TCP connections that know when they are dead, and lose nothing when they die.
