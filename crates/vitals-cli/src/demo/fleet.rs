@@ -50,6 +50,9 @@ const NODES: usize = 3;
 const PARTITIONS: u16 = 4;
 /// How long the view shows the streams going on after a server was killed or drained.
 const AFTER: Duration = Duration::from_secs(3);
+/// How long, once streaming stops, the last messages may take to be acknowledged and delivered (a
+/// loaded machine can be seconds behind).
+const SETTLE: Duration = Duration::from_secs(10);
 /// How long a drained server gets for its queued bytes (its `--drain`).
 const DRAIN: Duration = Duration::from_secs(2);
 /// Most entries read from a stream per XRANGE call, and most calls per stream.
@@ -388,7 +391,7 @@ fn ticker() -> tokio::time::Interval {
 }
 
 /// Client `i` sends 0, 1, 2… every [`SEND_EVERY`] while `streaming`, then waits (≤ 5 s) until the
-/// fleet acknowledged everything. True if it did.
+/// fleet acknowledged everything ([`SETTLE`]). True if it did.
 async fn stream_up(
     i: usize,
     sender: ClientSender,
@@ -411,7 +414,7 @@ async fn stream_up(
         lock(&st).peers[i].up_sent = n;
     }
     matches!(
-        tokio::time::timeout(Duration::from_secs(5), sender.flush()).await,
+        tokio::time::timeout(SETTLE, sender.flush()).await,
         Ok(Ok(()))
     )
 }
@@ -475,12 +478,16 @@ impl Watcher {
             .enumerate()
             .filter_map(|(i, p)| Some((i, p.sid?)))
             .collect();
+        // All at once: the multiplexed connection pipelines them (one by one, a busy Redis would
+        // make the view lag by seconds).
+        let mut asked = tokio::task::JoinSet::new();
         for (i, sid) in sids {
-            let owner = self
-                .backend
-                .presence(sid)
-                .await?
-                .and_then(|p| self.ids.iter().position(|id| *id == p.owner));
+            let backend = Arc::clone(&self.backend);
+            asked.spawn(async move { (i, backend.presence(sid).await) });
+        }
+        while let Some(answer) = asked.join_next().await {
+            let Ok((i, presence)) = answer else { continue };
+            let owner = presence?.and_then(|p| self.ids.iter().position(|id| *id == p.owner));
             let mut s = lock(st);
             if let (Some(from), Some(to)) = (s.peers[i].owner, owner)
                 && from != to
@@ -885,7 +892,7 @@ async fn run_fleet(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     for t in down_tasks {
         let _ = t.await;
     }
-    demo.wait_until(Duration::from_secs(5), |s| {
+    demo.wait_until(SETTLE, |s| {
         s.in_redis >= s.up_sent() && s.down_received() >= s.down_sent()
     })
     .await;
