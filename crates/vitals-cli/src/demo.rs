@@ -12,7 +12,8 @@
 //!
 //! It ends by itself (well under 30 s with the defaults) with a summary line; the exit code is 0 when every
 //! check held, 1 otherwise. Output is a live block on a terminal and plain lines otherwise
-//! ([`screen`]).
+//! ([`screen`]); the live view, the sequence check and the list of checks are shared with
+//! `vitals demo --fleet` ([`live`], [`fleet`]: three server processes sharing sessions in Redis).
 
 mod fleet;
 mod live;
@@ -52,7 +53,7 @@ const SEND_EVERY: Duration = Duration::from_millis(20);
     after_help = "With --fleet: a redis-server of its own (unless --store is given; scripts/setup \
 installs it), three `vitals serve --store` processes on one port, clients streaming both ways; one \
 server is SIGKILLed and one drained while its clients resume on the others; then every message is \
-checked in Redis and at the clients. About 12 s.
+checked in Redis and at the clients. About 10 s.
 
 Exit code: 0 when every check held (all connected, the frozen puppet convicted after the timeout, \
 every client resumed, nothing lost or duplicated), 1 otherwise, 2 on bad flags or when the fleet \

@@ -36,7 +36,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// A server and ~50 clients on loopback: heartbeats, a frozen client convicted, cut connections
-    /// resumed with nothing lost. Ends by itself in under 30 s.
+    /// resumed with nothing lost. Ends by itself in under 30 s. With `--fleet`: three servers sharing
+    /// sessions through Redis, one SIGKILLed and one drained, clients resuming on the others.
     Demo(demo::DemoArgs),
     /// Run the server (the daemon).
     Serve(serve::ServeArgs),
