@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vitals::vitals_proto::{Config as ProtoConfig, Connection, Event};
 use vitals::{
-    Client, ClientConfig, ClientEvent, ClientSender, Codec, ConnId, DisconnectReason, Server,
-    ServerConfig, ServerEvent,
+    Client, ClientEvent, ClientSender, Codec, ConnId, DisconnectReason, Server, ServerConfig,
+    ServerEvent,
 };
 
 use crate::bench::peer::{self, Mode, Observer};
@@ -297,45 +297,41 @@ async fn server_events(mut server: Server, st: Arc<Mutex<State>>) {
     }
 }
 
-/// Drains client `i`'s events into the state until `stop`, then closes the client orderly.
+/// Follows client `i`'s events into the state until `stop`, then closes the client orderly.
 async fn client_events(
     i: usize,
-    mut client: Client,
+    client: Client,
     st: Arc<Mutex<State>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            event = client.next_event() => {
-                let Some(event) = event else { return };
-                let mut s = lock(&st);
-                match event {
-                    ClientEvent::Connected { interval, timeout, .. } => {
-                        s.granted.get_or_insert((interval, timeout));
-                        s.looks[i] = Look::Up;
-                        s.connected += 1;
-                    }
-                    ClientEvent::Resumed { replayed, .. } => {
-                        s.resumes += 1;
-                        s.replayed += replayed as u64;
-                    }
-                    ClientEvent::Rtt(rtt) => s.record_rtt(rtt.latest),
-                    ClientEvent::Dead { reason } => {
-                        s.looks[i] = Look::Away;
-                        if reason == DisconnectReason::SilenceTimeout {
-                            s.wrongly_convicted += 1;
-                        }
-                    }
-                    ClientEvent::Reconnecting { .. } => s.reconnects += 1,
-                    ClientEvent::SessionLost { .. } => s.sessions_lost += 1,
-                    ClientEvent::Closed { .. } => s.looks[i] = Look::Away,
-                    ClientEvent::Message(_) | ClientEvent::Suspect { .. } => {}
+    live::follow(client, stop, |event| {
+        let mut s = lock(&st);
+        match event {
+            ClientEvent::Connected {
+                interval, timeout, ..
+            } => {
+                s.granted.get_or_insert((interval, timeout));
+                s.looks[i] = Look::Up;
+                s.connected += 1;
+            }
+            ClientEvent::Resumed { replayed, .. } => {
+                s.resumes += 1;
+                s.replayed += replayed as u64;
+            }
+            ClientEvent::Rtt(rtt) => s.record_rtt(rtt.latest),
+            ClientEvent::Dead { reason } => {
+                s.looks[i] = Look::Away;
+                if reason == DisconnectReason::SilenceTimeout {
+                    s.wrongly_convicted += 1;
                 }
             }
+            ClientEvent::Reconnecting { .. } => s.reconnects += 1,
+            ClientEvent::SessionLost { .. } => s.sessions_lost += 1,
+            ClientEvent::Closed { .. } => s.looks[i] = Look::Away,
+            ClientEvent::Message(_) | ClientEvent::Suspect { .. } => {}
         }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+    })
+    .await;
 }
 
 /// Client `i` sends "i SEQ" every [`SEND_EVERY`] while `streaming` is true, then stops.
@@ -348,8 +344,7 @@ async fn stream_messages(
     if streaming.wait_for(|on| *on).await.is_err() {
         return;
     }
-    let mut tick = tokio::time::interval(SEND_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = live::ticker(SEND_EVERY);
     let mut seq = 0u64;
     loop {
         tick.tick().await;
@@ -469,10 +464,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut client_tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
     let mut sender_tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
     for i in 0..n {
-        let mut cc = ClientConfig::new(addr).with_timing(interval, timeout);
-        cc.backoff.base = Duration::from_millis(100);
-        cc.backoff.cap = Duration::from_secs(1);
-        let client = Client::connect(cc);
+        let client = live::client(addr, interval, timeout);
         sender_tasks.push(tokio::spawn(stream_messages(
             i,
             client.sender(),
@@ -635,13 +627,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // 4. Stop streaming, let the last messages arrive, compare.
     demo.set_phase("draining");
     let _ = stream_tx.send(false);
-    let senders_done = tokio::time::timeout(Duration::from_secs(3), async {
-        for t in sender_tasks {
-            let _ = t.await;
-        }
-    })
-    .await
-    .is_ok();
+    let senders_done = live::join_within(sender_tasks, Duration::from_secs(3))
+        .await
+        .is_some();
     demo.wait_until(Duration::from_secs(3), |s| {
         s.total_delivered() >= s.total_sent()
     })
@@ -702,20 +690,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         summary
     };
-    let ok = print_checks(&checks, &summary);
+    let code = print_checks(&checks, &summary);
 
     // Close the clients orderly, then the server (bounded).
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        for t in client_tasks {
-            let _ = t.await;
-        }
-    })
-    .await;
+    live::join_within(client_tasks, Duration::from_secs(2)).await;
     server_task.abort();
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(code)
 }

@@ -16,6 +16,24 @@ fn vitals() -> Command {
     cmd
 }
 
+/// Runs `vitals ARGS…`, asserts exit 0; its stdout and summary line.
+fn run_demo(args: &[&str]) -> (String, String) {
+    let out = vitals().args(args).output().expect("demo ran");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .expect("a summary line")
+        .to_string();
+    (stdout, summary)
+}
+
 /// A value `key=VALUE` from the summary line.
 fn field<'a>(summary: &'a str, key: &str) -> Option<&'a str> {
     summary
@@ -25,33 +43,20 @@ fn field<'a>(summary: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn demo_runs_to_completion_and_loses_nothing() {
-    let out = vitals()
-        .args([
-            "demo",
-            "--clients",
-            "20",
-            "--interval",
-            "100ms",
-            "--timeout",
-            "500ms",
-            "--warmup",
-            "1s",
-            "--cuts",
-            "2",
-        ])
-        .output()
-        .expect("demo ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed ({:?}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = stdout
-        .lines()
-        .find(|l| l.starts_with("summary:"))
-        .expect("a summary line");
+    let (stdout, summary) = run_demo(&[
+        "demo",
+        "--clients",
+        "20",
+        "--interval",
+        "100ms",
+        "--timeout",
+        "500ms",
+        "--warmup",
+        "1s",
+        "--cuts",
+        "2",
+    ]);
+    let summary = summary.as_str();
     assert!(summary.contains("lost=0 duplicated=0"), "{summary}");
     assert_eq!(field(summary, "connections"), Some("21"), "{summary}");
     // Both cuts resumed every client; something was replayed or at least resumed.
@@ -109,21 +114,8 @@ fn count(summary: &str, key: &str) -> u64 {
 
 #[test]
 fn fleet_demo_kills_and_drains_a_server_and_loses_nothing() {
-    let out = vitals()
-        .args(["demo", "--fleet", "--clients", "20", "--warmup", "1s"])
-        .output()
-        .expect("demo ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fleet demo failed ({:?}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = stdout
-        .lines()
-        .find(|l| l.starts_with("summary:"))
-        .expect("a summary line");
+    let (stdout, summary) = run_demo(&["demo", "--fleet", "--clients", "20", "--warmup", "1s"]);
+    let summary = summary.as_str();
     assert_eq!(field(summary, "servers"), Some("3"), "{summary}");
     assert_eq!(field(summary, "clients"), Some("20"), "{summary}");
     assert!(

@@ -33,10 +33,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vitals::fleet::{Backend, FleetConfig, FleetKeys};
 use vitals::vitals_proto::SessionId;
-use vitals::{Client, ClientConfig, ClientEvent, ClientSender, Error};
+use vitals::{Client, ClientEvent, ClientSender, Error};
 
 use super::DemoArgs;
-use super::live::{Check, Live, Sequence, View, lock, print_checks};
+use super::live::{self, Check, Live, Sequence, View, lock, print_checks};
 use crate::child::{Child, log_tail};
 use crate::redis_server::{RedisServer, TempDir};
 
@@ -335,59 +335,48 @@ async fn start_node(
     Ok((Node { child, log }, addr))
 }
 
-/// Drains client `i`'s events into the state until `stop`, then closes it (its session ends).
+/// Follows client `i`'s events into the state until `stop`, then closes it (its session ends).
 async fn client_events(
     i: usize,
-    mut client: Client,
+    client: Client,
     st: Arc<Mutex<State>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            event = client.next_event() => {
-                let Some(event) = event else { return };
-                let mut s = lock(&st);
-                match event {
-                    ClientEvent::Connected { session, .. } => {
-                        let p = &mut s.peers[i];
-                        p.away = false;
-                        if p.sid.is_none() {
-                            p.sid = session;
-                        }
-                    }
-                    ClientEvent::Resumed { replayed, .. } => {
-                        s.peers[i].away = false;
-                        s.resumes += 1;
-                        s.replayed += replayed as u64;
-                    }
-                    ClientEvent::Message(payload) => match number(&payload) {
-                        Some(n) => s.peers[i].down.see(n),
-                        None => s.malformed += 1,
-                    },
-                    ClientEvent::Dead { .. } | ClientEvent::Closed { .. } => s.peers[i].away = true,
-                    ClientEvent::SessionLost { session, .. } => {
-                        s.sessions_lost += 1;
-                        tracing::warn!(client = i, ?session, "session lost");
-                    }
-                    ClientEvent::Rtt(_) | ClientEvent::Suspect { .. } | ClientEvent::Reconnecting { .. } => {}
+    live::follow(client, stop, |event| {
+        let mut s = lock(&st);
+        match event {
+            ClientEvent::Connected { session, .. } => {
+                let p = &mut s.peers[i];
+                p.away = false;
+                if p.sid.is_none() {
+                    p.sid = session;
                 }
             }
+            ClientEvent::Resumed { replayed, .. } => {
+                s.peers[i].away = false;
+                s.resumes += 1;
+                s.replayed += replayed as u64;
+            }
+            ClientEvent::Message(payload) => match number(&payload) {
+                Some(n) => s.peers[i].down.see(n),
+                None => s.malformed += 1,
+            },
+            ClientEvent::Dead { .. } | ClientEvent::Closed { .. } => s.peers[i].away = true,
+            ClientEvent::SessionLost { session, .. } => {
+                s.sessions_lost += 1;
+                tracing::warn!(client = i, ?session, "session lost");
+            }
+            ClientEvent::Rtt(_)
+            | ClientEvent::Suspect { .. }
+            | ClientEvent::Reconnecting { .. } => {}
         }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+    })
+    .await;
 }
 
 /// A message's number (8 bytes, big-endian).
 fn number(payload: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(payload.try_into().ok()?))
-}
-
-/// A ticker for one stream.
-fn ticker() -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(SEND_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
 }
 
 /// Client `i` sends 0, 1, 2… every [`SEND_EVERY`] while `streaming`, then waits (≤ 5 s) until the
@@ -401,7 +390,7 @@ async fn stream_up(
     if streaming.wait_for(|on| *on).await.is_err() {
         return false;
     }
-    let mut tick = ticker();
+    let mut tick = live::ticker(SEND_EVERY);
     let mut n = 0u64;
     while *streaming.borrow() {
         tick.tick().await;
@@ -430,7 +419,7 @@ async fn stream_down(
     if streaming.wait_for(|on| *on).await.is_err() {
         return;
     }
-    let mut tick = ticker();
+    let mut tick = live::ticker(SEND_EVERY);
     let mut n = 0u64;
     while *streaming.borrow() {
         tick.tick().await;
@@ -747,10 +736,7 @@ async fn run_fleet(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let mut up_tasks: Vec<JoinHandle<bool>> = Vec::with_capacity(n);
     let mut down_tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
     for i in 0..n {
-        let mut cc = ClientConfig::new(addr).with_timing(interval, timeout);
-        cc.backoff.base = Duration::from_millis(50);
-        cc.backoff.cap = Duration::from_millis(500);
-        let client = Client::connect(cc);
+        let client = live::client(addr, interval, timeout);
         up_tasks.push(tokio::spawn(stream_up(
             i,
             client.sender(),
@@ -885,13 +871,11 @@ async fn run_fleet(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     // 4. Stop streaming, let the last messages arrive, read Redis back, compare.
     demo.set_phase("finishing");
     let _ = stream_tx.send(false);
-    let mut flushed = true;
-    for t in up_tasks {
-        flushed &= t.await.unwrap_or(false);
-    }
-    for t in down_tasks {
-        let _ = t.await;
-    }
+    // Each up task waits at most SETTLE for its acks; each down task at most one send.
+    let flushed = live::join_within(up_tasks, SETTLE + Duration::from_secs(1))
+        .await
+        .is_some_and(|done| done.into_iter().all(|ok| ok == Some(true)));
+    live::join_within(down_tasks, SETTLE).await;
     demo.wait_until(SETTLE, |s| {
         s.in_redis >= s.up_sent() && s.down_received() >= s.down_sent()
     })
@@ -977,16 +961,11 @@ async fn run_fleet(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             elapsed.as_secs_f64()
         )
     };
-    let ok = print_checks(&checks, &summary);
+    let code = print_checks(&checks, &summary);
 
     // Close the clients (their sessions end), drain n3, stop Redis (bounded).
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        for t in client_tasks {
-            let _ = t.await;
-        }
-    })
-    .await;
+    live::join_within(client_tasks, Duration::from_secs(2)).await;
     presence_task.abort();
     if nodes[2].child.signal(Signal::TERM).is_ok() {
         let _ = nodes[2]
@@ -995,9 +974,5 @@ async fn run_fleet(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             .await;
     }
     drop(nodes);
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(code)
 }

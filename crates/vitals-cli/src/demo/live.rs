@@ -1,9 +1,17 @@
 //! What both demos share: a state behind a mutex that renders itself ([`View`]), redrawn on the
-//! [`Screen`] while a phase waits for a condition, never past the demo's hard limit ([`Live`]); a
-//! per-stream sequence check ([`Sequence`]); and the closing list of checks ([`Check`]).
+//! [`Screen`] while a phase waits for a condition, never past the demo's hard limit ([`Live`]); the
+//! clients and their tasks ([`client`], [`follow`], [`ticker`], [`join_within`]); a per-stream sequence check
+//! ([`Sequence`]); and the closing list of checks ([`Check`]).
 
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Interval, MissedTickBehavior};
+use vitals::{Client, ClientConfig, ClientEvent};
 
 use super::screen::Screen;
 
@@ -106,6 +114,59 @@ impl<S: View> Live<S> {
     }
 }
 
+/// A demo client of `addr` with the demo's timing; it retries quickly (backoff from 100 ms, at most
+/// 1 s) so that resumes show within the phase.
+pub(crate) fn client(addr: SocketAddr, interval: Duration, timeout: Duration) -> Client {
+    let mut cc = ClientConfig::new(addr).with_timing(interval, timeout);
+    cc.backoff.base = Duration::from_millis(100);
+    cc.backoff.cap = Duration::from_secs(1);
+    Client::connect(cc)
+}
+
+/// Hands `client`'s events to `on_event` until `stop` changes (or the client stops), then closes it
+/// orderly (its session ends; at most 1 s).
+pub(crate) async fn follow(
+    mut client: Client,
+    mut stop: watch::Receiver<bool>,
+    mut on_event: impl FnMut(ClientEvent),
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            event = client.next_event() => match event {
+                Some(event) => on_event(event),
+                None => return,
+            },
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+}
+
+/// The pace of a message stream: a tick every `every`; after a stall, later ticks are delayed
+/// rather than bunched.
+pub(crate) fn ticker(every: Duration) -> Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
+/// The results of `tasks` (`None` for one that panicked or was cancelled), or `None` if they did not
+/// all finish within `within`.
+pub(crate) async fn join_within<T>(
+    tasks: Vec<JoinHandle<T>>,
+    within: Duration,
+) -> Option<Vec<Option<T>>> {
+    tokio::time::timeout(within, async {
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.ok());
+        }
+        out
+    })
+    .await
+    .ok()
+}
+
 /// One numbered stream as its receiver saw it: each number should come exactly once, in order, from 0.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Sequence {
@@ -142,8 +203,9 @@ pub(crate) struct Check {
     pub(crate) what: String,
 }
 
-/// Prints the checks, the summary line and the verdict; true if every check held.
-pub(crate) fn print_checks(checks: &[Check], summary: &str) -> bool {
+/// Prints the checks, the summary line and the verdict; the exit code: 0 if every check held, 1
+/// otherwise.
+pub(crate) fn print_checks(checks: &[Check], summary: &str) -> ExitCode {
     println!();
     for c in checks {
         println!("  {} {}", if c.ok { "✓" } else { "✗" }, c.what);
@@ -158,5 +220,9 @@ pub(crate) fn print_checks(checks: &[Check], summary: &str) -> bool {
             "SOME CHECKS FAILED"
         }
     );
-    ok
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
