@@ -12,15 +12,18 @@
 //!
 //! It ends by itself (well under 30 s with the defaults) with a summary line; the exit code is 0 when every
 //! check held, 1 otherwise. Output is a live block on a terminal and plain lines otherwise
-//! ([`screen`]).
+//! ([`screen`]); the live view, the sequence check and the list of checks are shared with
+//! `vitals demo --fleet` ([`live`], [`fleet`]: three server processes sharing sessions in Redis).
 
+mod fleet;
+mod live;
 mod screen;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -29,13 +32,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vitals::vitals_proto::{Config as ProtoConfig, Connection, Event};
 use vitals::{
-    Client, ClientConfig, ClientEvent, ClientSender, Codec, ConnId, DisconnectReason, Server,
-    ServerConfig, ServerEvent,
+    Client, ClientEvent, ClientSender, Codec, ConnId, DisconnectReason, Server, ServerConfig,
+    ServerEvent,
 };
 
 use crate::bench::peer::{self, Mode, Observer};
 use crate::config::{TimingArgs, parse_duration};
-use screen::Screen;
+use live::{Check, Live, Sequence, View, lock, print_checks};
 
 /// The demo must end by itself before this, whatever happens.
 const HARD_LIMIT: Duration = Duration::from_secs(28);
@@ -47,21 +50,44 @@ const SEND_EVERY: Duration = Duration::from_millis(20);
 #[command(
     mut_arg("interval", |a| a.default_value("200ms")),
     mut_arg("timeout", |a| a.default_value("1s")),
-    after_help = "Exit code: 0 when every check held (all connected, the frozen puppet convicted \
-after the timeout, every client resumed, nothing lost or duplicated), 1 otherwise, 2 on bad flags."
+    after_help = "With --fleet: a redis-server of its own (unless --store is given; scripts/setup \
+installs it), three `vitals serve --store` processes on one port, clients streaming both ways; one \
+server is SIGKILLed and one drained while its clients resume on the others; then every message is \
+checked in Redis and at the clients. About 10 s.
+
+Exit code: 0 when every check held (all connected, the frozen puppet convicted after the timeout, \
+every client resumed, nothing lost or duplicated), 1 otherwise, 2 on bad flags or when the fleet \
+cannot start, 130 on Ctrl-C."
 )]
 pub(crate) struct DemoArgs {
     #[command(flatten)]
     timing: TimingArgs,
-    /// Heartbeating clients (the frozen puppet comes on top of these).
-    #[arg(long, default_value_t = 50)]
-    clients: u32,
-    /// How long to show plain heartbeats before freezing the puppet.
+    /// Heartbeating clients (the frozen puppet comes on top of these) [default: 50; 30 with --fleet].
+    #[arg(long)]
+    clients: Option<u32>,
+    /// How long to show plain heartbeats before freezing the puppet (with --fleet: streaming across
+    /// three servers before one is killed).
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     warmup: Duration,
     /// How many times every connection is cut while messages stream.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "fleet")]
     cuts: u32,
+    /// The fleet demo: three server processes sharing sessions through Redis; one SIGKILLed, one
+    /// drained, their clients resuming on the others; every message checked exactly once, in order,
+    /// both ways.
+    #[arg(long)]
+    fleet: bool,
+    /// With --fleet: use this Redis (`redis://HOST:PORT/DB`; keys under `vitals:`, so pick a database
+    /// no fleet of yours uses) instead of starting a `redis-server`.
+    #[arg(long, value_name = "URL", requires = "fleet")]
+    store: Option<String>,
+}
+
+impl DemoArgs {
+    /// Clients to run: as given, or the mode's default.
+    fn clients(&self) -> u32 {
+        self.clients.unwrap_or(if self.fleet { 30 } else { 50 })
+    }
 }
 
 /// How one peer looks in the live view.
@@ -89,6 +115,8 @@ impl Look {
 /// Everything the demo watches, behind one mutex (a few thousand updates a second at most).
 struct State {
     phase: &'static str,
+    interval: Duration,
+    timeout: Duration,
     /// RTT samples in µs, from pings of either side.
     rtt: Histogram<u64>,
     /// Clients first, the puppet last.
@@ -101,11 +129,8 @@ struct State {
     conviction: Option<(Instant, DisconnectReason)>,
     /// Healthy peers convicted for silence (must stay 0).
     wrongly_convicted: u64,
-    /// Per client: next sequence number expected, and unique messages delivered.
-    expected: Vec<u64>,
-    delivered: Vec<u64>,
-    duplicated: u64,
-    reordered: u64,
+    /// Per client: its messages as the server saw them.
+    seqs: Vec<Sequence>,
     malformed: u64,
     // Client side.
     sent: Vec<u64>,
@@ -118,9 +143,11 @@ struct State {
 }
 
 impl State {
-    fn new(clients: usize) -> anyhow::Result<State> {
+    fn new(clients: usize, interval: Duration, timeout: Duration) -> anyhow::Result<State> {
         Ok(State {
             phase: "connecting",
+            interval,
+            timeout,
             rtt: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             looks: vec![Look::Connecting; clients + 1],
             granted: None,
@@ -129,10 +156,7 @@ impl State {
             puppet_conn: None,
             conviction: None,
             wrongly_convicted: 0,
-            expected: vec![0; clients],
-            delivered: vec![0; clients],
-            duplicated: 0,
-            reordered: 0,
+            seqs: vec![Sequence::default(); clients],
             malformed: 0,
             sent: vec![0; clients],
             send_errors: 0,
@@ -159,20 +183,11 @@ impl State {
             let (c, q) = s.split_once(' ')?;
             Some((c.parse::<usize>().ok()?, q.parse::<u64>().ok()?))
         });
-        let Some((c, seq)) = parsed.filter(|(c, _)| *c < self.expected.len()) else {
+        let Some((c, seq)) = parsed.filter(|(c, _)| *c < self.seqs.len()) else {
             self.malformed += 1;
             return;
         };
-        let next = self.expected[c];
-        if seq < next {
-            self.duplicated += 1;
-        } else {
-            if seq > next {
-                self.reordered += 1;
-            }
-            self.expected[c] = seq + 1;
-            self.delivered[c] += 1;
-        }
+        self.seqs[c].see(seq);
     }
 
     fn total_sent(&self) -> u64 {
@@ -180,21 +195,24 @@ impl State {
     }
 
     fn total_delivered(&self) -> u64 {
-        self.delivered.iter().sum()
+        self.seqs.iter().map(|q| q.delivered).sum()
+    }
+
+    fn duplicated(&self) -> u64 {
+        self.seqs.iter().map(|q| q.duplicated).sum()
+    }
+
+    fn reordered(&self) -> u64 {
+        self.seqs.iter().map(|q| q.reordered).sum()
     }
 
     fn lost(&self) -> u64 {
         self.sent
             .iter()
-            .zip(&self.delivered)
-            .map(|(s, d)| s.saturating_sub(*d))
+            .zip(&self.seqs)
+            .map(|(s, q)| s.saturating_sub(q.delivered))
             .sum()
     }
-}
-
-/// Locks the state (a poisoned lock still holds usable counters).
-fn lock(st: &Mutex<State>) -> MutexGuard<'_, State> {
-    st.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Checks the flags; the errors say what to change.
@@ -212,8 +230,13 @@ fn validate(args: &DemoArgs) -> anyhow::Result<()> {
             humantime::format_duration(t.timeout)
         );
     }
-    if args.clients == 0 || args.clients > 1000 {
-        bail!("--clients must be between 1 and 1000 (e.g. --clients 50)");
+    let most = if args.fleet { 300 } else { 1000 };
+    if args.clients() == 0 || args.clients() > most {
+        bail!(
+            "--clients must be between 1 and {most}{} (e.g. --clients {})",
+            if args.fleet { " with --fleet" } else { "" },
+            if args.fleet { 30 } else { 50 }
+        );
     }
     if args.warmup > Duration::from_secs(8) {
         bail!("--warmup must be at most 8s (e.g. --warmup 3s)");
@@ -274,45 +297,41 @@ async fn server_events(mut server: Server, st: Arc<Mutex<State>>) {
     }
 }
 
-/// Drains client `i`'s events into the state until `stop`, then closes the client orderly.
+/// Follows client `i`'s events into the state until `stop`, then closes the client orderly.
 async fn client_events(
     i: usize,
-    mut client: Client,
+    client: Client,
     st: Arc<Mutex<State>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            event = client.next_event() => {
-                let Some(event) = event else { return };
-                let mut s = lock(&st);
-                match event {
-                    ClientEvent::Connected { interval, timeout, .. } => {
-                        s.granted.get_or_insert((interval, timeout));
-                        s.looks[i] = Look::Up;
-                        s.connected += 1;
-                    }
-                    ClientEvent::Resumed { replayed, .. } => {
-                        s.resumes += 1;
-                        s.replayed += replayed as u64;
-                    }
-                    ClientEvent::Rtt(rtt) => s.record_rtt(rtt.latest),
-                    ClientEvent::Dead { reason } => {
-                        s.looks[i] = Look::Away;
-                        if reason == DisconnectReason::SilenceTimeout {
-                            s.wrongly_convicted += 1;
-                        }
-                    }
-                    ClientEvent::Reconnecting { .. } => s.reconnects += 1,
-                    ClientEvent::SessionLost { .. } => s.sessions_lost += 1,
-                    ClientEvent::Closed { .. } => s.looks[i] = Look::Away,
-                    ClientEvent::Message(_) | ClientEvent::Suspect { .. } => {}
+    live::follow(client, stop, |event| {
+        let mut s = lock(&st);
+        match event {
+            ClientEvent::Connected {
+                interval, timeout, ..
+            } => {
+                s.granted.get_or_insert((interval, timeout));
+                s.looks[i] = Look::Up;
+                s.connected += 1;
+            }
+            ClientEvent::Resumed { replayed, .. } => {
+                s.resumes += 1;
+                s.replayed += replayed as u64;
+            }
+            ClientEvent::Rtt(rtt) => s.record_rtt(rtt.latest),
+            ClientEvent::Dead { reason } => {
+                s.looks[i] = Look::Away;
+                if reason == DisconnectReason::SilenceTimeout {
+                    s.wrongly_convicted += 1;
                 }
             }
+            ClientEvent::Reconnecting { .. } => s.reconnects += 1,
+            ClientEvent::SessionLost { .. } => s.sessions_lost += 1,
+            ClientEvent::Closed { .. } => s.looks[i] = Look::Away,
+            ClientEvent::Message(_) | ClientEvent::Suspect { .. } => {}
         }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+    })
+    .await;
 }
 
 /// Client `i` sends "i SEQ" every [`SEND_EVERY`] while `streaming` is true, then stops.
@@ -325,8 +344,7 @@ async fn stream_messages(
     if streaming.wait_for(|on| *on).await.is_err() {
         return;
     }
-    let mut tick = tokio::time::interval(SEND_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = live::ticker(SEND_EVERY);
     let mut seq = 0u64;
     loop {
         tick.tick().await;
@@ -347,64 +365,30 @@ async fn stream_messages(
     }
 }
 
-/// Runs the phases and draws the live view.
-struct Demo {
-    st: Arc<Mutex<State>>,
-    screen: Screen,
-    t0: Instant,
-    interval: Duration,
-    timeout: Duration,
-    clients: usize,
-    last_draw: Option<Instant>,
-}
-
-impl Demo {
-    fn elapsed(&self) -> Duration {
-        self.t0.elapsed()
-    }
-
-    fn note(&mut self, line: &str) {
-        let t = self.elapsed().as_secs_f64();
-        self.screen.note(&format!("[{t:5.1}s] {line}"));
-    }
-
+impl View for State {
     fn set_phase(&mut self, phase: &'static str) {
-        lock(&self.st).phase = phase;
-        self.draw(true);
+        self.phase = phase;
     }
 
-    /// Redraws the live view if it is time (every 250 ms on a terminal, every second otherwise).
-    fn draw(&mut self, force: bool) {
-        let every = if self.screen.is_live() {
-            Duration::from_millis(250)
-        } else {
-            Duration::from_secs(1)
-        };
-        if !force && self.last_draw.is_some_and(|t| t.elapsed() < every) {
-            return;
-        }
-        self.last_draw = Some(Instant::now());
-        let (block, line) = self.render();
-        self.screen.status(&block, &line);
-    }
-
-    fn render(&self) -> (Vec<String>, String) {
-        let s = lock(&self.st);
+    fn render(&self, t: f64) -> (Vec<String>, String) {
+        let s = self;
         let ms = |d: Option<Duration>| {
             d.map_or("-".to_string(), |d| {
                 format!("{:.2}ms", d.as_secs_f64() * 1e3)
             })
         };
-        let t = self.elapsed().as_secs_f64();
         let (p50, p99) = (ms(s.pct(0.5)), ms(s.pct(0.99)));
         let up = s.looks.iter().filter(|l| **l == Look::Up).count();
         let mut block = vec![format!(
             "── vitals demo · {} · t={t:.1}s · interval {} · timeout {} ──",
             s.phase,
-            humantime::format_duration(self.interval),
-            humantime::format_duration(self.timeout),
+            humantime::format_duration(s.interval),
+            humantime::format_duration(s.timeout),
         )];
-        let clients: Vec<char> = s.looks[..self.clients].iter().map(|l| l.glyph()).collect();
+        let clients: Vec<char> = s.looks[..s.looks.len() - 1]
+            .iter()
+            .map(|l| l.glyph())
+            .collect();
         for (k, row) in clients.chunks(50).enumerate() {
             let label = if k == 0 { "clients " } else { "        " };
             block.push(format!("  {label} {}", row.iter().collect::<String>()));
@@ -424,7 +408,7 @@ impl Demo {
             "  messages sent {}  received {}  duplicated {}    resumes {} (replayed {})",
             s.total_sent(),
             s.total_delivered(),
-            s.duplicated,
+            s.duplicated(),
             s.resumes,
             s.replayed
         ));
@@ -436,48 +420,22 @@ impl Demo {
             s.rtt.len(),
             s.total_sent(),
             s.total_delivered(),
-            s.duplicated,
+            s.duplicated(),
             s.resumes,
             s.replayed
         );
         (block, line)
     }
-
-    /// Keeps the view fresh until `done` holds or `within` passes (never past the hard limit).
-    /// True if `done` held.
-    async fn wait_until(&mut self, within: Duration, done: impl Fn(&State) -> bool) -> bool {
-        let deadline = (Instant::now() + within).min(self.t0 + HARD_LIMIT);
-        loop {
-            if done(&lock(&self.st)) {
-                self.draw(false);
-                return true;
-            }
-            if Instant::now() >= deadline {
-                self.draw(true);
-                return false;
-            }
-            self.draw(false);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Shows the live view for `d`.
-    async fn show_for(&mut self, d: Duration) {
-        self.wait_until(d, |_| false).await;
-    }
-}
-
-/// One check of the summary.
-struct Check {
-    ok: bool,
-    what: String,
 }
 
 /// Runs `vitals demo`.
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
+    if args.fleet {
+        return fleet::run(&args).await;
+    }
     let (interval, timeout) = (args.timing.interval, args.timing.timeout);
-    let n = args.clients as usize;
+    let n = args.clients() as usize;
 
     // The server, granting exactly the fast timing asked for.
     let mut cfg = ServerConfig {
@@ -491,16 +449,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let server = Server::bind(cfg).context("cannot start the demo server")?;
     let addr = server.local_addr();
     let handle = server.handle();
-    let st = Arc::new(Mutex::new(State::new(n)?));
-    let mut demo = Demo {
-        st: Arc::clone(&st),
-        screen: Screen::new(),
-        t0: Instant::now(),
-        interval,
-        timeout,
-        clients: n,
-        last_draw: None,
-    };
+    let st = Arc::new(Mutex::new(State::new(n, interval, timeout)?));
+    let mut demo = Live::new(Arc::clone(&st), HARD_LIMIT);
     let server_task = tokio::spawn(server_events(server, Arc::clone(&st)));
     demo.note(&format!(
         "server on {addr}; starting {n} clients and 1 puppet (ping after {} of silence, dead after {})",
@@ -514,10 +464,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut client_tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
     let mut sender_tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
     for i in 0..n {
-        let mut cc = ClientConfig::new(addr).with_timing(interval, timeout);
-        cc.backoff.base = Duration::from_millis(100);
-        cc.backoff.cap = Duration::from_secs(1);
-        let client = Client::connect(cc);
+        let client = live::client(addr, interval, timeout);
         sender_tasks.push(tokio::spawn(stream_messages(
             i,
             client.sender(),
@@ -680,13 +627,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // 4. Stop streaming, let the last messages arrive, compare.
     demo.set_phase("draining");
     let _ = stream_tx.send(false);
-    let senders_done = tokio::time::timeout(Duration::from_secs(3), async {
-        for t in sender_tasks {
-            let _ = t.await;
-        }
-    })
-    .await
-    .is_ok();
+    let senders_done = live::join_within(sender_tasks, Duration::from_secs(3))
+        .await
+        .is_some();
     demo.wait_until(Duration::from_secs(3), |s| {
         s.total_delivered() >= s.total_sent()
     })
@@ -703,13 +646,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             what: format!("every send accepted ({} errors)", s.send_errors),
         });
         checks.push(Check {
-            ok: lost == 0 && s.duplicated == 0 && s.reordered == 0 && s.malformed == 0,
+            ok: lost == 0 && s.duplicated() == 0 && s.reordered() == 0 && s.malformed == 0,
             what: format!(
                 "{} sent, {} received: lost {lost}, duplicated {}, out of order {}",
                 s.total_sent(),
                 s.total_delivered(),
-                s.duplicated,
-                s.reordered
+                s.duplicated(),
+                s.reordered()
             ),
         });
         checks.push(Check {
@@ -742,38 +685,16 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             s.replayed,
             s.total_sent(),
             s.total_delivered(),
-            s.duplicated,
+            s.duplicated(),
             elapsed.as_secs_f64(),
         );
         summary
     };
-    println!();
-    for c in &checks {
-        println!("  {} {}", if c.ok { "✓" } else { "✗" }, c.what);
-    }
-    println!("{summary}");
-    let ok = checks.iter().all(|c| c.ok);
-    println!(
-        "{}",
-        if ok {
-            "all checks passed"
-        } else {
-            "SOME CHECKS FAILED"
-        }
-    );
+    let code = print_checks(&checks, &summary);
 
     // Close the clients orderly, then the server (bounded).
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        for t in client_tasks {
-            let _ = t.await;
-        }
-    })
-    .await;
+    live::join_within(client_tasks, Duration::from_secs(2)).await;
     server_task.abort();
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(code)
 }

@@ -9,12 +9,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod child;
 mod config;
 mod connect;
 mod demo;
 mod http;
 mod logging;
 mod probe;
+mod redis_server;
 mod serve;
 
 /// Long-lived TCP connections that know when they are dead, and lose nothing when they die.
@@ -34,7 +36,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// A server and ~50 clients on loopback: heartbeats, a frozen client convicted, cut connections
-    /// resumed with nothing lost. Ends by itself in under 30 s.
+    /// resumed with nothing lost. Ends by itself in under 30 s. With `--fleet`: three servers sharing
+    /// sessions through Redis, one SIGKILLed and one drained, clients resuming on the others.
     Demo(demo::DemoArgs),
     /// Run the server (the daemon).
     Serve(serve::ServeArgs),

@@ -407,7 +407,7 @@ fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
 
 /// Watches SIGINT and SIGTERM from the moment it is called (the handlers are installed before it
 /// returns); the returned future resolves with the signal's name.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
