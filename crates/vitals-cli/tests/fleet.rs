@@ -1,7 +1,8 @@
 //! `vitals serve --store redis://…`: three server processes on one port (SO_REUSEPORT) share their
-//! sessions through a `redis-server` the test starts. One is killed (SIGKILL) and one drained
-//! (SIGTERM) while clients stream both ways: every message arrives exactly once and in order — in
-//! Redis's inbound stream, and at the clients.
+//! sessions through a `redis-server` the test starts. Clients reach them through a load balancer
+//! that cuts 100 connections (each client reconnects to whichever server the kernel picks); one
+//! server is killed (SIGKILL) and one drained (SIGTERM) while the clients stream both ways: every
+//! message arrives exactly once and in order — in Redis's inbound stream, and at the clients.
 
 #[path = "../../vitals/tests/fleet_util/mod.rs"]
 mod fleet_util;
@@ -15,10 +16,12 @@ use vitals::fleet::{Backend, FleetConfig};
 use vitals::{Client, ClientConfig, ClientEvent};
 
 const CLIENTS: usize = 6;
-const EACH: u64 = 2_000;
+const EACH: u64 = 3_000;
+/// Connections the balancer cuts (each one a client-confirmed `Dead`).
+const CUTS: usize = 100;
 
 #[test]
-fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
+fn cuts_a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
     let redis = RedisServer::start();
     let url = redis.url();
     let serve = |listen: &str, node: &str| {
@@ -41,7 +44,7 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
     };
     let mut first = serve("127.0.0.1:0", "n0");
     let addr = first.addr;
-    let mut second = serve(&addr.to_string(), "n1");
+    let mut second = Some(serve(&addr.to_string(), "n1"));
     let third = serve(&addr.to_string(), "n2");
     let cfg = FleetConfig {
         partitions: 4,
@@ -49,6 +52,8 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        let lb = Balancer::start(vec![addr]).await;
+        let deaths = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let backend = Backend::connect(&url, &cfg).await.unwrap();
         let mut tasks = Vec::new();
         let mut sids = Vec::new();
@@ -60,7 +65,7 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
                 sids.len() < 40,
                 "connections never reached every server: {owners:?}"
             );
-            let mut ccfg = ClientConfig::new(addr)
+            let mut ccfg = ClientConfig::new(lb.addr)
                 .with_timing(Duration::from_millis(500), Duration::from_secs(2));
             ccfg.backoff.base = Duration::from_millis(10);
             ccfg.backoff.cap = Duration::from_millis(100);
@@ -90,6 +95,7 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             });
+            let deaths = deaths.clone();
             tasks.push(tokio::spawn(async move {
                 let mut next = 0;
                 let end = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -103,6 +109,9 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
                             e @ (ClientEvent::SessionLost { .. } | ClientEvent::Closed { .. }),
                         )) => {
                             panic!("{sid:?}: {e:?}")
+                        }
+                        Ok(Some(ClientEvent::Dead { .. })) => {
+                            deaths.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         Ok(Some(_)) => {}
                         other => panic!("{sid:?}: {next} of {EACH} received; then {other:?}"),
@@ -127,16 +136,34 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        // SIGKILL: no drain, no park; the clients' sessions are taken over elsewhere.
-        first.child.kill().unwrap();
-        let _ = first.child.wait();
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        // SIGTERM: a graceful drain (CLOSE Shutdown, sessions parked).
-        let status = tokio::task::spawn_blocking(move || {
-            let s = second.signal_and_wait("TERM", Duration::from_secs(20));
-            (s, second)
-        });
+        // The balancer cuts a connection every 15 ms: the client reconnects, the kernel picks a
+        // server, the session resumes there. Half way, a SIGKILL (no drain, no park); later a SIGTERM
+        // (a graceful drain: CLOSE Shutdown, sessions parked).
+        let mut status = None;
+        let mut killed = false;
+        let started = tokio::time::Instant::now();
+        let mut k = 0;
+        // Until the clients have seen CUTS connections end (a cut of a connection still in its
+        // handshake is not one they count).
+        while deaths.load(std::sync::atomic::Ordering::Relaxed) < CUTS {
+            assert!(started.elapsed() < Duration::from_secs(30), "cuts not seen by the clients");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            lb.cut(k * 7);
+            k += 1;
+            if k == CUTS / 3 {
+                first.child.kill().unwrap();
+                let _ = first.child.wait();
+                killed = true;
+            }
+            if k == 2 * CUTS / 3 {
+                let mut second = second.take().unwrap();
+                status = Some(tokio::task::spawn_blocking(move || {
+                    let s = second.signal_and_wait("TERM", Duration::from_secs(20));
+                    (s, second)
+                }));
+            }
+        }
+        assert!(killed);
         for s in sends {
             s.await.unwrap();
         }
@@ -144,7 +171,9 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
         for t in tasks {
             clients.push(t.await.unwrap());
         }
-        let (status, _second) = status.await.unwrap();
+        let (status, _second) = status.unwrap().await.unwrap();
+        let deaths = deaths.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(deaths >= CUTS, "only {deaths} connections ended at the clients");
         assert!(status.success(), "drained server exit {status:?}");
         let keys = cfg.keys();
         assert_inbound_exactly_once(&url, &keys, &sids, EACH).await;
@@ -158,7 +187,7 @@ fn a_killed_and_a_drained_server_lose_and_duplicate_nothing() {
                 .count()
         };
         eprintln!(
-            "fleet (processes): sessions per server {owners:?}; resumed away from n0 {}, from n1 {}",
+            "fleet (processes): {deaths} connections ended at the clients; sessions per server {owners:?}; resumed away from n0 {}, from n1 {}",
             moved_from("n0"),
             moved_from("n1")
         );

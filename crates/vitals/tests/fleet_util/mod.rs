@@ -142,13 +142,15 @@ impl Drop for RedisServer {
     }
 }
 
-/// A TCP load balancer on 127.0.0.1: each new connection goes to one of its backends (chosen by
-/// `pick`, round robin by default), and lives as long as both sides do.
+/// A TCP load balancer on 127.0.0.1: each new connection goes to one of its backends (round robin),
+/// and lives as long as both sides do — or until [`cut`](Self::cut) drops it (both sides see it end).
 #[derive(Clone)]
 pub struct Balancer {
     pub addr: SocketAddr,
     backends: Arc<Mutex<Vec<Option<SocketAddr>>>>,
     next: Arc<AtomicU64>,
+    /// The proxied connections still open, oldest first.
+    live: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Balancer {
@@ -159,21 +161,38 @@ impl Balancer {
             addr: listener.local_addr().unwrap(),
             backends: Arc::new(Mutex::new(backends.into_iter().map(Some).collect())),
             next: Arc::new(AtomicU64::new(0)),
+            live: Arc::new(Mutex::new(Vec::new())),
         };
         let me = b.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let Some(to) = me.pick() else { continue };
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
+                let mut live = me.live.lock().unwrap();
+                live.retain(|t| !t.is_finished());
+                live.push(task.abort_handle());
             }
         });
         b
+    }
+
+    /// Drops the `k`-th (modulo) proxied connection still open: its client and its server both see
+    /// the connection end. False if none is open.
+    pub fn cut(&self, k: usize) -> bool {
+        let mut live = self.live.lock().unwrap();
+        live.retain(|t| !t.is_finished());
+        if live.is_empty() {
+            return false;
+        }
+        let i = k % live.len();
+        live.swap_remove(i).abort();
+        true
     }
 
     /// The next live backend, round robin.
