@@ -901,3 +901,110 @@ async fn a_parked_session_expires_after_the_ttl() {
     }
     drop(server);
 }
+
+/// The event stream tells a backend what happened to a session: `connect` when it registers, `park`
+/// with the reason when its connection ends (`silence_timeout`: the server convicted a silent peer),
+/// `resume` with the node it came from, `end` when the client closes it — readable with a consumer
+/// group, as a backend would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_reports_connect_conviction_resume_and_end() {
+    let redis = RedisServer::start();
+    let mut server = fleet_server(&redis, "a");
+    let keys = fleet_cfg("a").keys();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for p in 0..keys.partitions() {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys.events(p))
+            .arg("backend")
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // A raw peer opens a session, then falls silent: convicted after the timeout.
+    let addr = server.local_addr();
+    let (silent, sid, token) = tokio::task::spawn_blocking(move || race::new_session(addr))
+        .await
+        .unwrap();
+    server_event(&mut server, WITHIN, |e| match e {
+        ServerEvent::Closed { reason, .. } => {
+            assert_eq!(*reason, vitals::DisconnectReason::SilenceTimeout);
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    drop(silent);
+    // It comes back (resume), then ends the session for good.
+    let mut back = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut s, &race::hello(Some((sid, token, 0)))).unwrap();
+        let frames = race::frames_for(&mut s, Duration::from_millis(300));
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, vitals::vitals_proto::Frame::Welcome(w) if w.resumed)),
+            "{frames:?}"
+        );
+        s
+    })
+    .await
+    .unwrap();
+    let mut close = Vec::new();
+    vitals::vitals_proto::frame::encode_close(
+        &mut close,
+        vitals::vitals_proto::CloseCode::Normal,
+        "bye",
+    );
+    std::io::Write::write_all(&mut back, &close).unwrap();
+    let want = ["connect", "park", "resume", "end"];
+    let mut got: Vec<(String, String)> = Vec::new();
+    let end = tokio::time::Instant::now() + WITHIN;
+    while got.len() < want.len() {
+        assert!(tokio::time::Instant::now() < end, "events so far: {got:?}");
+        let p = keys.partition(sid);
+        type Entries = Vec<(String, std::collections::HashMap<String, String>)>;
+        let reply: Option<Vec<(String, Entries)>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("backend")
+            .arg("worker-1")
+            .arg("COUNT")
+            .arg(10)
+            .arg("BLOCK")
+            .arg(200)
+            .arg("STREAMS")
+            .arg(keys.events(p))
+            .arg(">")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        for (_, entries) in reply.unwrap_or_default() {
+            for (id, fields) in entries {
+                assert_eq!(
+                    fields["session"],
+                    vitals::fleet::FleetKeys::session_field(sid)
+                );
+                let kind = fields["type"].clone();
+                let reason = fields.get("reason").cloned().unwrap_or_default();
+                got.push((kind, reason));
+                let _: u64 = redis::cmd("XACK")
+                    .arg(keys.events(p))
+                    .arg("backend")
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, want, "in this order");
+    assert_eq!(
+        got[1].1, "silence_timeout",
+        "the park says why: a conviction"
+    );
+    drop(back);
+}
