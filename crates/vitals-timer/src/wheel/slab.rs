@@ -1,18 +1,26 @@
-//! The wheel's entry store: a slab of 32-byte entries (with an 8-byte payload) addressed by
-//! `(index, generation)`, plus the index lists that hold each slot's entries.
+//! The wheel's entry store: a slab of entries (32 bytes with an 8-byte payload, 24 with a 4-byte one)
+//! addressed by `(index, generation)`.
 //!
-//! An entry records where it is listed (`level`, `slot`, and its position `pos` in that list), so it
-//! leaves a list in O(1) by `swap_remove` (the entry moved into its place gets its `pos` fixed). Lists are
-//! `Vec<u32>` of slab indices rather than intrusive linked lists: emptying a slot walks a contiguous
-//! array and the entry loads are independent of each other, so the processor overlaps their cache misses
-//! (a linked list makes every miss wait for the previous one).
+//! An entry records where it is listed (`level`, `slot`, and its position `pos` in that slot's list of
+//! slab indices), so the wheel can tell a stale index in a list from a live one without touching the list
+//! on cancel (see `wheel/mod.rs`). Lists are `Vec<u32>` of slab indices rather than intrusive linked
+//! lists: emptying a slot walks a contiguous array and the entry loads are independent of each other, so
+//! the processor overlaps their cache misses (a linked list makes every miss wait for the previous one).
 //!
 //! Freed entries form a free list threaded through `pos` and are reused, so a wheel in steady state
 //! allocates nothing per insert.
 //!
+//! Entries are stored in blocks of [`BLOCK`] aligned to a cache line, so that an entry whose size divides
+//! 64 bytes (the 32-byte entry of a `Wheel<u64>`) never straddles two lines: a `Vec<Entry<T>>` is only
+//! 8-byte aligned, and glibc puts a large buffer 16 bytes past a page boundary, which left every other
+//! 32-byte entry across two lines, two cache misses where one would do. (Aligning the entry itself to 32
+//! would also do it, but would grow the 24-byte entry of a `Wheel<u32>` to 32.)
+//!
 //! The payload is stored as `MaybeUninit<T>` so that a vacant entry costs no `Option` tag: the invariant
-//! is **`level != VACANT` if and only if `value` is initialised**. Every `unsafe` block below relies on it
-//! and nothing else; `alloc`, `free` and `Drop` are the only places that change it.
+//! is **`level != VACANT` if and only if `value` is initialised**. Every `unsafe` block below that reads or
+//! drops a `value` relies on it and nothing else; `alloc`, `free` and `Drop` are the only places that
+//! change it. The other two (`entries`, `entries_mut`) view the blocks as one slice of entries and rely
+//! only on `Block`'s layout, asserted at compile time.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
@@ -23,6 +31,10 @@ pub(crate) const NIL: u32 = u32::MAX;
 pub(crate) const PENDING: u8 = 254;
 /// `level` of an unused entry.
 pub(crate) const VACANT: u8 = 255;
+/// Entries per [`Block`]: 8 entries of any size (a multiple of 8 bytes) fill whole cache lines.
+const BLOCK: usize = 8;
+/// Bytes in a cache line: the alignment of a [`Block`].
+const LINE: usize = 64;
 
 /// One timer entry.
 pub(crate) struct Entry<T> {
@@ -38,6 +50,32 @@ pub(crate) struct Entry<T> {
     pub(crate) slot: u8,
 }
 
+impl<T> Entry<T> {
+    /// An entry never handed out: vacant, generation 0, on no free list.
+    fn unused() -> Self {
+        Entry {
+            value: MaybeUninit::uninit(),
+            deadline: 0,
+            pos: NIL,
+            generation: 0,
+            level: VACANT,
+            slot: 0,
+        }
+    }
+}
+
+/// [`BLOCK`] consecutive entries, aligned to a cache line.
+#[repr(C, align(64))]
+struct Block<T>([Entry<T>; BLOCK]);
+
+const _: () = assert!(std::mem::align_of::<Block<u64>>() == LINE);
+
+impl<T> Block<T> {
+    fn unused() -> Self {
+        Block(std::array::from_fn(|_| Entry::unused()))
+    }
+}
+
 /// Where an entry is listed: `level` (or [`PENDING`]), `slot`, and its position `pos` in that list.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Place {
@@ -46,9 +84,12 @@ pub(crate) struct Place {
     pub(crate) pos: u32,
 }
 
-/// Slab of entries plus a free list.
+/// Slab of entries plus a free list. Entry `i` is `blocks[i / BLOCK].0[i % BLOCK]`; the entries from
+/// `allocated` to the end of the last block have never been handed out (vacant, on no free list).
 pub(crate) struct Slab<T> {
-    entries: Vec<Entry<T>>,
+    blocks: Vec<Block<T>>,
+    /// Entries ever handed out: the next fresh index.
+    allocated: u32,
     free: u32,
     len: usize,
 }
@@ -57,7 +98,7 @@ impl<T> std::fmt::Debug for Slab<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slab")
             .field("len", &self.len)
-            .field("capacity", &self.entries.capacity())
+            .field("capacity", &(self.blocks.capacity() * BLOCK))
             .finish()
     }
 }
@@ -65,7 +106,8 @@ impl<T> std::fmt::Debug for Slab<T> {
 impl<T> Slab<T> {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Slab {
-            entries: Vec::with_capacity(capacity),
+            blocks: Vec::with_capacity(capacity.div_ceil(BLOCK)),
+            allocated: 0,
             free: NIL,
             len: 0,
         }
@@ -78,7 +120,38 @@ impl<T> Slab<T> {
     /// Entries ever allocated (live or free).
     #[cfg(test)]
     pub(crate) fn allocated(&self) -> usize {
-        self.entries.len()
+        self.allocated as usize
+    }
+
+    /// All entries, handed out or not: the blocks seen as one slice.
+    #[inline(always)]
+    fn entries(&self) -> &[Entry<T>] {
+        const { assert!(size_of::<Block<T>>() == BLOCK * size_of::<Entry<T>>()) };
+        let len = self.blocks.len() * BLOCK;
+        // SAFETY: `Block<T>` is `repr(C)` around `[Entry<T>; BLOCK]` with no padding (asserted above), so
+        // the blocks are `len` consecutive, initialised `Entry<T>`s, borrowed as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<Entry<T>>(), len) }
+    }
+
+    /// [`entries`](Self::entries), mutably.
+    #[inline(always)]
+    fn entries_mut(&mut self) -> &mut [Entry<T>] {
+        const { assert!(size_of::<Block<T>>() == BLOCK * size_of::<Entry<T>>()) };
+        let len = self.blocks.len() * BLOCK;
+        // SAFETY: as in `entries`; the borrow of `self` is exclusive, so is the slice's.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast::<Entry<T>>(), len) }
+    }
+
+    /// The entry at `index` (live or not), if the slab has room for it.
+    #[inline(always)]
+    fn slot(&self, index: u32) -> Option<&Entry<T>> {
+        self.entries().get(index as usize)
+    }
+
+    /// The entry at `index` (live or not), mutably, if the slab has room for it.
+    #[inline(always)]
+    fn slot_mut(&mut self, index: u32) -> Option<&mut Entry<T>> {
+        self.entries_mut().get_mut(index as usize)
     }
 
     /// Stores `value` due at `deadline`, listed at `place` (the caller puts it there) and returns
@@ -89,50 +162,57 @@ impl<T> Slab<T> {
             return self.alloc_new(value, deadline, place);
         }
         let index = self.free;
-        let entry = &mut self.entries[index as usize];
-        self.free = entry.pos;
+        let entry = self.at_mut(index);
+        let next_free = entry.pos;
         entry.value = MaybeUninit::new(value);
         entry.deadline = deadline;
         entry.pos = place.pos;
         entry.level = place.level;
         entry.slot = place.slot;
+        let generation = entry.generation;
+        self.free = next_free;
         self.len += 1;
-        Some((index, entry.generation))
+        Some((index, generation))
     }
 
     /// [`alloc`](Self::alloc) when no freed entry is left: the slab grows by one.
     #[cold]
     fn alloc_new(&mut self, value: T, deadline: u64, place: Place) -> Option<(u32, u32)> {
-        let index = u32::try_from(self.entries.len())
-            .ok()
-            .filter(|&i| i != NIL)?;
-        self.entries.push(Entry {
-            value: MaybeUninit::new(value),
-            deadline,
-            pos: place.pos,
-            generation: 0,
-            level: place.level,
-            slot: place.slot,
-        });
+        let index = self.allocated;
+        if index == NIL {
+            return None;
+        }
+        if (index as usize).is_multiple_of(BLOCK) {
+            self.blocks.push(Block::unused());
+        }
+        let entry = self.at_mut(index);
+        entry.value = MaybeUninit::new(value);
+        entry.deadline = deadline;
+        entry.pos = place.pos;
+        entry.level = place.level;
+        entry.slot = place.slot;
+        let generation = entry.generation;
+        self.allocated += 1;
         self.len += 1;
-        Some((index, 0))
+        Some((index, generation))
     }
 
     /// The live entry at `index` with `generation`, if any.
     pub(crate) fn get(&self, index: u32, generation: u32) -> Option<&Entry<T>> {
-        self.entries
-            .get(index as usize)
+        self.slot(index)
             .filter(|e| e.generation == generation && e.level != VACANT)
     }
 
     /// The entry at `index` (live or not). Panics on an index never handed out: internal use only.
+    #[inline(always)]
     pub(crate) fn at(&self, index: u32) -> &Entry<T> {
-        &self.entries[index as usize]
+        &self.entries()[index as usize]
     }
 
     /// The entry at `index`, mutably (its `value` stays private to this module).
+    #[inline(always)]
     pub(crate) fn at_mut(&mut self, index: u32) -> &mut Entry<T> {
-        &mut self.entries[index as usize]
+        &mut self.entries_mut()[index as usize]
     }
 
     /// The payload of a live entry.
@@ -145,8 +225,7 @@ impl<T> Slab<T> {
     /// The payload of a live entry, mutably.
     pub(crate) fn value_mut(&mut self, index: u32, generation: u32) -> Option<&mut T> {
         let entry = self
-            .entries
-            .get_mut(index as usize)
+            .slot_mut(index)
             .filter(|e| e.generation == generation && e.level != VACANT)?;
         // SAFETY: filtered on `level != VACANT`, so `value` is initialised.
         Some(unsafe { entry.value.assume_init_mut() })
@@ -159,8 +238,7 @@ impl<T> Slab<T> {
     pub(crate) fn take(&mut self, index: u32, generation: u32) -> Option<(T, u8, u8, u32)> {
         let free_head = self.free;
         let entry = self
-            .entries
-            .get_mut(index as usize)
+            .slot_mut(index)
             .filter(|e| e.generation == generation && e.level != VACANT)?;
         let listed = (entry.level, entry.slot, entry.pos);
         // SAFETY: filtered on `level != VACANT`, so `value` is initialised; `level = VACANT` right after
@@ -180,7 +258,7 @@ impl<T> Slab<T> {
     /// that old keys become stale. `None` if the entry is vacant.
     pub(crate) fn free(&mut self, index: u32) -> Option<T> {
         let free_head = self.free;
-        let entry = self.entries.get_mut(index as usize)?;
+        let entry = self.slot_mut(index)?;
         if entry.level == VACANT {
             return None;
         }
@@ -198,7 +276,7 @@ impl<T> Slab<T> {
 
 impl<T> Drop for Slab<T> {
     fn drop(&mut self) {
-        for entry in &mut self.entries {
+        for entry in self.entries_mut() {
             if entry.level != VACANT {
                 // SAFETY: `level != VACANT`, so `value` is initialised; the slab is going away, so it
                 // is never read again.
@@ -223,6 +301,29 @@ mod tests {
     #[test]
     fn entry_with_eight_byte_payload_is_thirty_two_bytes() {
         assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
+        assert_eq!(std::mem::size_of::<Entry<u32>>(), 24, "the server's entry");
+        assert_eq!(
+            std::mem::size_of::<Block<u32>>(),
+            BLOCK * 24,
+            "blocks are not padded"
+        );
+    }
+
+    #[test]
+    fn thirty_two_byte_entries_never_straddle_a_cache_line() {
+        let mut slab = Slab::with_capacity(0);
+        let indices: Vec<u32> = (0..100u64)
+            .map(|i| slab.alloc(i, 0, DUE).unwrap().0)
+            .collect();
+        for index in indices {
+            let at = std::ptr::from_ref(slab.at(index)).addr();
+            assert_eq!(at % 32, 0, "entry {index} at {at:#x}");
+        }
+        // Indices map to consecutive entries across blocks, and the unused tail of a block is vacant.
+        assert_eq!(slab.allocated(), 100);
+        assert!(slab.get(100, 0).is_none() && slab.get(103, 0).is_none());
+        assert!(slab.get(104, 0).is_none(), "past the last block");
+        assert_eq!(slab.value(99, 0), Some(&99));
     }
 
     #[test]
