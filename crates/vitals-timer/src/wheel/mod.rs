@@ -31,6 +31,7 @@ pub(crate) mod divide;
 pub(crate) mod level;
 pub(crate) mod slab;
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -48,10 +49,49 @@ const DEFAULT_DIVISOR: Divisor = match Divisor::new(DEFAULT_TICK.as_nanos() as u
 };
 
 /// Names one entry of a [`Wheel`]. Cheap to copy; detects reuse of its slot through a generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key {
-    index: u32,
-    generation: u32,
+///
+/// One word: the entry's slab index (low 32 bits) and generation (high 32), complemented so that the
+/// word is never zero (no index is `u32::MAX`): `Option<Key>` is as small as a `Key`, and a key is
+/// stored with one store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(NonZeroU64);
+
+impl Key {
+    /// The key of entry `index` with `generation`.
+    #[inline(always)]
+    fn new(index: u32, generation: u32) -> Key {
+        let word = !(u64::from(index) | u64::from(generation) << 32);
+        // Zero only for index `u32::MAX`, which the slab never hands out (it is its "no entry").
+        debug_assert_ne!(index, u32::MAX);
+        Key(NonZeroU64::new(word).unwrap_or(Key::NO_ENTRY))
+    }
+
+    /// A key for index `u32::MAX`, generation 0: no entry ever has it, so it is always stale.
+    const NO_ENTRY: NonZeroU64 = match NonZeroU64::new(!(u32::MAX as u64)) {
+        Some(word) => word,
+        None => panic!("not zero"),
+    };
+
+    /// The entry's slab index.
+    #[inline(always)]
+    fn index(self) -> u32 {
+        !self.0.get() as u32
+    }
+
+    /// The entry's generation when the key was made.
+    #[inline(always)]
+    fn generation(self) -> u32 {
+        (!self.0.get() >> 32) as u32
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("index", &self.index())
+            .field("generation", &self.generation())
+            .finish()
+    }
 }
 
 /// An entry handed out by [`Wheel::poll`]: its key (now stale), payload and deadline.
@@ -200,7 +240,7 @@ impl<T> Wheel<T> {
         };
         list.push(index);
         mark_occupied(&mut occupied[level], slot);
-        Ok(Key { index, generation })
+        Ok(Key::new(index, generation))
     }
 
     /// [`insert_at_tick`](Self::insert_at_tick) for a tick that is already due: the entry goes to the
@@ -221,17 +261,17 @@ impl<T> Wheel<T> {
             )
             .ok_or_else(|| Error::Full(self.slab.len()))?;
         self.pending.push(index);
-        Ok(Key { index, generation })
+        Ok(Key::new(index, generation))
     }
 
     /// Removes the entry and returns its payload. O(1). A stale key is [`Error::StaleKey`].
     #[inline]
     pub fn cancel(&mut self, key: Key) -> Result<T, Error> {
-        let (value, level, slot, pos) = self
+        let (value, place) = self
             .slab
-            .take(key.index, key.generation)
+            .take(key.index(), key.generation())
             .ok_or(Error::StaleKey)?;
-        self.leave(key.index, level, slot, pos);
+        self.leave(key.index(), place);
         Ok(value)
     }
 
@@ -248,42 +288,42 @@ impl<T> Wheel<T> {
         let (old, level) = {
             let entry = self
                 .slab
-                .get(key.index, key.generation)
+                .get(key.index(), key.generation())
                 .ok_or(Error::StaleKey)?;
-            (entry.deadline, entry.level)
+            (entry.deadline, entry.level())
         };
         if tick >= old && level != PENDING {
             // Lazy: the entry's slot comes due no later than the new deadline; it is re-filed then.
-            self.slab.at_mut(key.index).deadline = tick;
+            self.slab.at_mut(key.index()).deadline = tick;
             return Ok(());
         }
-        self.unlink(key.index);
-        self.slab.at_mut(key.index).deadline = tick;
-        self.file_at(key.index, tick);
+        self.unlink(key.index());
+        self.slab.at_mut(key.index()).deadline = tick;
+        self.file_at(key.index(), tick);
         Ok(())
     }
 
     /// The entry's deadline in ticks.
     pub fn deadline_tick(&self, key: Key) -> Result<u64, Error> {
         self.slab
-            .get(key.index, key.generation)
+            .get(key.index(), key.generation())
             .map(|e| e.deadline)
             .ok_or(Error::StaleKey)
     }
 
     /// The entry's payload, if the key is live.
     pub fn get(&self, key: Key) -> Option<&T> {
-        self.slab.value(key.index, key.generation)
+        self.slab.value(key.index(), key.generation())
     }
 
     /// The entry's payload, mutably, if the key is live.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
-        self.slab.value_mut(key.index, key.generation)
+        self.slab.value_mut(key.index(), key.generation())
     }
 
     /// True when `key` names an entry still in the wheel.
     pub fn contains(&self, key: Key) -> bool {
-        self.slab.get(key.index, key.generation).is_some()
+        self.slab.get(key.index(), key.generation()).is_some()
     }
 
     /// Hands out one entry due at or before `now`, or `None` when nothing more is due. Call it until it
@@ -305,10 +345,7 @@ impl<T> Wheel<T> {
         loop {
             if let Some(index) = self.pending.pop() {
                 let entry = self.slab.at(index);
-                let key = Key {
-                    index,
-                    generation: entry.generation,
-                };
+                let key = Key::new(index, entry.generation);
                 let deadline_tick = entry.deadline;
                 let value = self.slab.free(index)?;
                 return Some(Expired {
@@ -354,10 +391,11 @@ impl<T> Wheel<T> {
         let level = level_for(self.elapsed, when);
         let slot = slot_for(when, level);
         let pos = self.append(level, slot, index);
-        let entry = self.slab.at_mut(index);
-        entry.level = level as u8;
-        entry.slot = slot as u8;
-        entry.pos = pos;
+        self.slab.at_mut(index).set_place(Place {
+            level: level as u8,
+            slot: slot as u8,
+            pos,
+        });
     }
 
     /// Appends `index` to the list of (`level`, `slot`) and returns its position there.
@@ -374,22 +412,24 @@ impl<T> Wheel<T> {
     fn file_pending(&mut self, index: u32) {
         let pos = self.pending.len() as u32;
         self.pending.push(index);
-        let entry = self.slab.at_mut(index);
-        entry.level = PENDING;
-        entry.pos = pos;
+        self.slab.at_mut(index).set_place(Place {
+            level: PENDING,
+            slot: 0,
+            pos,
+        });
     }
 
     /// Takes entry `index` out of whatever list holds it, in O(1), and marks it as listed nowhere.
     fn unlink(&mut self, index: u32) {
-        let (level, slot, pos) = {
-            let e = self.slab.at(index);
-            (e.level, e.slot, e.pos)
-        };
-        if level != VACANT && level != PENDING {
+        let place = self.slab.at(index).place();
+        if place.level != VACANT && place.level != PENDING {
             // Mark the entry as listed nowhere so that its tombstone is recognised.
-            self.slab.at_mut(index).level = PENDING;
+            self.slab.at_mut(index).set_place(Place {
+                level: PENDING,
+                ..place
+            });
         }
-        self.leave(index, level, slot, pos);
+        self.leave(index, place);
     }
 
     /// Takes entry `index`, listed at (`level`, `slot`, `pos`), out of its list; the entry itself is not
@@ -398,7 +438,7 @@ impl<T> Wheel<T> {
     /// keeps a cancel to one cache miss. A list whose entries are all gone is cleared; one that is mostly
     /// tombstones is compacted (amortised O(1), see [`COMPACT_RATIO`]).
     #[inline]
-    fn leave(&mut self, index: u32, level: u8, slot: u8, pos: u32) {
+    fn leave(&mut self, index: u32, Place { level, slot, pos }: Place) {
         let slot = slot as usize & SLOT_MASK as usize;
         let Some(dead) = self.dead.get_mut(level as usize) else {
             if level == PENDING {
@@ -422,7 +462,7 @@ impl<T> Wheel<T> {
         }
         self.pending.swap_remove(pos);
         if let Some(&moved) = self.pending.get(pos) {
-            self.slab.at_mut(moved).pos = pos as u32;
+            self.slab.at_mut(moved).set_pos(pos as u32);
         }
     }
 
@@ -442,8 +482,8 @@ impl<T> Wheel<T> {
 
     /// True when the entry at `index` really is at position `pos` of list (`level`, `slot`).
     fn listed_at(&self, index: u32, level: usize, slot: usize, pos: usize) -> bool {
-        let e = self.slab.at(index);
-        e.level as usize == level && e.slot as usize == slot && e.pos as usize == pos
+        let place = self.slab.at(index).place();
+        place.level as usize == level && place.slot as usize == slot && place.pos as usize == pos
     }
 
     /// Drops the tombstones of one list, fixing the positions of the entries that stay.
@@ -454,7 +494,7 @@ impl<T> Wheel<T> {
             let index = list[read];
             if self.listed_at(index, level, slot, read) {
                 list[kept] = index;
-                self.slab.at_mut(index).pos = kept as u32;
+                self.slab.at_mut(index).set_pos(kept as u32);
                 kept += 1;
             }
         }

@@ -38,16 +38,16 @@ const LINE: usize = 64;
 
 /// One timer entry.
 pub(crate) struct Entry<T> {
-    /// The payload; initialised exactly when `level != VACANT`.
+    /// The payload; initialised exactly when the entry's level is not [`VACANT`].
     value: MaybeUninit<T>,
     /// The true deadline in ticks. It may be later than the slot the entry sits in (a lazy reset).
     pub(crate) deadline: u64,
-    /// Position in its list; the next free entry while vacant.
-    pub(crate) pos: u32,
+    /// Where the entry is listed, packed by [`Place::pack`] into one word so that filing or freeing the
+    /// entry writes it with one store (the stores of a cancel + insert wait in the processor's store
+    /// queue behind the entry's cache miss, and that queue is what runs out first). Level `0..LEVELS`,
+    /// or [`PENDING`], or [`VACANT`]; while vacant, `pos` links to the next free entry.
+    place: u64,
     pub(crate) generation: u32,
-    /// Level `0..LEVELS`, or [`PENDING`], or [`VACANT`].
-    pub(crate) level: u8,
-    pub(crate) slot: u8,
 }
 
 impl<T> Entry<T> {
@@ -56,11 +56,43 @@ impl<T> Entry<T> {
         Entry {
             value: MaybeUninit::uninit(),
             deadline: 0,
-            pos: NIL,
+            place: Place::vacant(NIL).pack(),
             generation: 0,
-            level: VACANT,
-            slot: 0,
         }
+    }
+
+    /// Where the entry is listed.
+    #[inline(always)]
+    pub(crate) fn place(&self) -> Place {
+        Place::unpack(self.place)
+    }
+
+    /// The entry's level: `0..LEVELS`, [`PENDING`] or [`VACANT`].
+    #[inline(always)]
+    pub(crate) fn level(&self) -> u8 {
+        self.place().level
+    }
+
+    /// Records where the entry is listed. Not for making it vacant (only the slab does that).
+    #[inline(always)]
+    pub(crate) fn set_place(&mut self, place: Place) {
+        debug_assert!(place.level != VACANT && self.level() != VACANT);
+        self.place = place.pack();
+    }
+
+    /// Records the entry's new position in the list it is in.
+    #[inline(always)]
+    pub(crate) fn set_pos(&mut self, pos: u32) {
+        self.set_place(Place {
+            pos,
+            ..self.place()
+        });
+    }
+
+    /// True when the entry holds no payload.
+    #[inline(always)]
+    fn is_vacant(&self) -> bool {
+        self.level() == VACANT
     }
 }
 
@@ -77,11 +109,43 @@ impl<T> Block<T> {
 }
 
 /// Where an entry is listed: `level` (or [`PENDING`]), `slot`, and its position `pos` in that list.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Place {
     pub(crate) level: u8,
     pub(crate) slot: u8,
     pub(crate) pos: u32,
+}
+
+/// Bit offset of `level` in a packed [`Place`] (`pos` takes the 32 bits below).
+const LEVEL_SHIFT: u32 = 32;
+/// Bit offset of `slot` in a packed [`Place`].
+const SLOT_SHIFT: u32 = 40;
+
+impl Place {
+    /// A vacant entry's place: its `pos` is the next free entry.
+    const fn vacant(next_free: u32) -> Place {
+        Place {
+            level: VACANT,
+            slot: 0,
+            pos: next_free,
+        }
+    }
+
+    /// `pos | level << 32 | slot << 40`.
+    #[inline(always)]
+    const fn pack(self) -> u64 {
+        self.pos as u64 | (self.level as u64) << LEVEL_SHIFT | (self.slot as u64) << SLOT_SHIFT
+    }
+
+    /// The inverse of [`pack`](Self::pack).
+    #[inline(always)]
+    const fn unpack(word: u64) -> Place {
+        Place {
+            level: (word >> LEVEL_SHIFT) as u8,
+            slot: (word >> SLOT_SHIFT) as u8,
+            pos: word as u32,
+        }
+    }
 }
 
 /// Slab of entries plus a free list. Entry `i` is `blocks[i / BLOCK].0[i % BLOCK]`; the entries from
@@ -90,14 +154,21 @@ pub(crate) struct Slab<T> {
     blocks: Vec<Block<T>>,
     /// Entries ever handed out: the next fresh index.
     allocated: u32,
-    free: u32,
-    len: usize,
+    /// The first free entry ([`NIL`] when none) in the low 32 bits, the number of live entries in the
+    /// high 32 (at most `NIL`): one word, so that a cancel or an insert updates both with one store.
+    head: u64,
+}
+
+/// [`Slab::head`] from the first free entry and the live count.
+#[inline(always)]
+const fn head(free: u32, len: u32) -> u64 {
+    free as u64 | (len as u64) << 32
 }
 
 impl<T> std::fmt::Debug for Slab<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slab")
-            .field("len", &self.len)
+            .field("len", &self.len())
             .field("capacity", &(self.blocks.capacity() * BLOCK))
             .finish()
     }
@@ -108,13 +179,24 @@ impl<T> Slab<T> {
         Slab {
             blocks: Vec::with_capacity(capacity.div_ceil(BLOCK)),
             allocated: 0,
-            free: NIL,
-            len: 0,
+            head: head(NIL, 0),
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        (self.head >> 32) as usize
+    }
+
+    /// The live count, as stored.
+    #[inline(always)]
+    fn len32(&self) -> u32 {
+        (self.head >> 32) as u32
+    }
+
+    /// The first free entry, or [`NIL`].
+    #[inline(always)]
+    fn free_head(&self) -> u32 {
+        self.head as u32
     }
 
     /// Entries ever allocated (live or free).
@@ -158,20 +240,18 @@ impl<T> Slab<T> {
     /// `(index, generation)`. `None` when 2^32 - 1 entries are live.
     #[inline]
     pub(crate) fn alloc(&mut self, value: T, deadline: u64, place: Place) -> Option<(u32, u32)> {
-        if self.free == NIL {
+        let index = self.free_head();
+        if index == NIL {
             return self.alloc_new(value, deadline, place);
         }
-        let index = self.free;
+        let len = self.len32() + 1;
         let entry = self.at_mut(index);
-        let next_free = entry.pos;
+        let next_free = entry.place().pos;
         entry.value = MaybeUninit::new(value);
         entry.deadline = deadline;
-        entry.pos = place.pos;
-        entry.level = place.level;
-        entry.slot = place.slot;
+        entry.place = place.pack();
         let generation = entry.generation;
-        self.free = next_free;
-        self.len += 1;
+        self.head = head(next_free, len);
         Some((index, generation))
     }
 
@@ -185,22 +265,21 @@ impl<T> Slab<T> {
         if (index as usize).is_multiple_of(BLOCK) {
             self.blocks.push(Block::unused());
         }
+        let len = self.len32() + 1;
         let entry = self.at_mut(index);
         entry.value = MaybeUninit::new(value);
         entry.deadline = deadline;
-        entry.pos = place.pos;
-        entry.level = place.level;
-        entry.slot = place.slot;
+        entry.place = place.pack();
         let generation = entry.generation;
         self.allocated += 1;
-        self.len += 1;
+        self.head = head(NIL, len);
         Some((index, generation))
     }
 
     /// The live entry at `index` with `generation`, if any.
     pub(crate) fn get(&self, index: u32, generation: u32) -> Option<&Entry<T>> {
         self.slot(index)
-            .filter(|e| e.generation == generation && e.level != VACANT)
+            .filter(|e| e.generation == generation && !e.is_vacant())
     }
 
     /// The entry at `index` (live or not). Panics on an index never handed out: internal use only.
@@ -226,50 +305,46 @@ impl<T> Slab<T> {
     pub(crate) fn value_mut(&mut self, index: u32, generation: u32) -> Option<&mut T> {
         let entry = self
             .slot_mut(index)
-            .filter(|e| e.generation == generation && e.level != VACANT)?;
+            .filter(|e| e.generation == generation && !e.is_vacant())?;
         // SAFETY: filtered on `level != VACANT`, so `value` is initialised.
         Some(unsafe { entry.value.assume_init_mut() })
     }
 
     /// Frees the live entry `(index, generation)` in one visit and returns its payload and where it was
-    /// listed: `(value, level, slot, pos)`. `None` (and nothing changed) for a stale key. The caller takes
-    /// it out of that list; its `level` is [`VACANT`] now, so a slot-list tombstone no longer matches it.
+    /// listed. `None` (and nothing changed) for a stale key. The caller takes it out of that list; its
+    /// level is [`VACANT`] now, so the index it leaves in a slot list no longer matches it.
     #[inline]
-    pub(crate) fn take(&mut self, index: u32, generation: u32) -> Option<(T, u8, u8, u32)> {
-        let free_head = self.free;
+    pub(crate) fn take(&mut self, index: u32, generation: u32) -> Option<(T, Place)> {
+        let (free_head, len) = (self.free_head(), self.len32().wrapping_sub(1));
         let entry = self
             .slot_mut(index)
-            .filter(|e| e.generation == generation && e.level != VACANT)?;
-        let listed = (entry.level, entry.slot, entry.pos);
+            .filter(|e| e.generation == generation && !e.is_vacant())?;
+        let listed = entry.place();
         // SAFETY: filtered on `level != VACANT`, so `value` is initialised; `level = VACANT` right after
         // makes sure it is never read again until `alloc` writes a new value.
         let value = unsafe { entry.value.assume_init_read() };
-        entry.level = VACANT;
+        entry.place = Place::vacant(free_head).pack();
         // `generation` (the key's, equal to the entry's) rather than the entry's: the value stored then
         // does not wait for the entry to come from memory.
         entry.generation = generation.wrapping_add(1);
-        entry.pos = free_head;
-        self.free = index;
-        self.len -= 1;
-        Some((value, listed.0, listed.1, listed.2))
+        self.head = head(index, len);
+        Some((value, listed))
     }
 
     /// Frees a live entry that is already unlisted and returns its payload. Bumps the generation so
     /// that old keys become stale. `None` if the entry is vacant.
     pub(crate) fn free(&mut self, index: u32) -> Option<T> {
-        let free_head = self.free;
+        let (free_head, len) = (self.free_head(), self.len32().wrapping_sub(1));
         let entry = self.slot_mut(index)?;
-        if entry.level == VACANT {
+        if entry.is_vacant() {
             return None;
         }
         // SAFETY: `level != VACANT`, so `value` is initialised; setting `level = VACANT` right after
         // makes sure it is never read again until `alloc` writes a new value.
         let value = unsafe { entry.value.assume_init_read() };
-        entry.level = VACANT;
+        entry.place = Place::vacant(free_head).pack();
         entry.generation = entry.generation.wrapping_add(1);
-        entry.pos = free_head;
-        self.free = index;
-        self.len -= 1;
+        self.head = head(index, len);
         Some(value)
     }
 }
@@ -277,11 +352,11 @@ impl<T> Slab<T> {
 impl<T> Drop for Slab<T> {
     fn drop(&mut self) {
         for entry in self.entries_mut() {
-            if entry.level != VACANT {
+            if !entry.is_vacant() {
                 // SAFETY: `level != VACANT`, so `value` is initialised; the slab is going away, so it
                 // is never read again.
                 unsafe { entry.value.assume_init_drop() };
-                entry.level = VACANT;
+                entry.place = Place::vacant(NIL).pack();
             }
         }
     }

@@ -58,6 +58,25 @@ fn instants_round_deadline_up_and_now_down() {
 }
 
 #[test]
+fn a_key_is_one_word_and_so_is_an_optional_key() {
+    assert_eq!(std::mem::size_of::<Key>(), 8);
+    assert_eq!(std::mem::size_of::<Option<Key>>(), 8);
+    for (index, generation) in [(0, 0), (1, u32::MAX), (u32::MAX - 1, 7), (12345, 0)] {
+        let key = Key::new(index, generation);
+        assert_eq!((key.index(), key.generation()), (index, generation));
+    }
+    let none = Key(Key::NO_ENTRY);
+    assert_eq!((none.index(), none.generation()), (u32::MAX, 0));
+    let mut wheel = Wheel::new(Instant::now());
+    wheel.insert_at_tick(5, 1u64).unwrap();
+    assert_eq!(wheel.cancel(none), Err(Error::StaleKey));
+    assert_eq!(
+        format!("{:?}", Key::new(3, 9)),
+        "Key { index: 3, generation: 9 }"
+    );
+}
+
+#[test]
 fn stale_keys_are_errors_not_panics() {
     let start = Instant::now();
     let mut wheel = Wheel::new(start);
