@@ -42,11 +42,10 @@ pub(crate) struct Entry<T> {
     value: MaybeUninit<T>,
     /// The true deadline in ticks. It may be later than the slot the entry sits in (a lazy reset).
     pub(crate) deadline: u64,
-    /// Where the entry is listed, packed by [`Place::pack`] into one word so that filing or freeing the
-    /// entry writes it with one store (the stores of a cancel + insert wait in the processor's store
-    /// queue behind the entry's cache miss, and that queue is what runs out first). Level `0..LEVELS`,
-    /// or [`PENDING`], or [`VACANT`]; while vacant, `pos` links to the next free entry.
-    place: u64,
+    /// Where the entry is listed. Level `0..LEVELS`, or [`PENDING`], or [`VACANT`]; while vacant, `pos`
+    /// links to the next free entry. One 8-byte-aligned field, so that filing an entry writes it with one
+    /// store (see [`Place`]).
+    place: Place,
     pub(crate) generation: u32,
 }
 
@@ -56,7 +55,7 @@ impl<T> Entry<T> {
         Entry {
             value: MaybeUninit::uninit(),
             deadline: 0,
-            place: Place::vacant(NIL).pack(),
+            place: Place::vacant(NIL),
             generation: 0,
         }
     }
@@ -64,7 +63,7 @@ impl<T> Entry<T> {
     /// Where the entry is listed.
     #[inline(always)]
     pub(crate) fn place(&self) -> Place {
-        Place::unpack(self.place)
+        self.place
     }
 
     /// The entry's level: `0..LEVELS`, [`PENDING`] or [`VACANT`].
@@ -77,7 +76,7 @@ impl<T> Entry<T> {
     #[inline(always)]
     pub(crate) fn set_place(&mut self, place: Place) {
         debug_assert!(place.level != VACANT && self.level() != VACANT);
-        self.place = place.pack();
+        self.place = place;
     }
 
     /// Records the entry's new position in the list it is in.
@@ -109,17 +108,20 @@ impl<T> Block<T> {
 }
 
 /// Where an entry is listed: `level` (or [`PENDING`]), `slot`, and its position `pos` in that list.
+///
+/// Aligned to 8 bytes so that the compiler writes a whole place with one 8-byte store: the stores of a
+/// cancel + insert wait in the processor's store queue behind the entry's cache miss, and that queue is
+/// what runs out first (10 more stores per churn operation cost 4-7 %, 30 more arithmetic instructions
+/// or 10 more loads about 1 %). It is a struct of fields rather than a `u64` packed by hand: with the
+/// level in the middle of a hand-packed word, reading it back right after the word was stored (the
+/// pending list, when it is drained) made expiry 20 % slower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(8))]
 pub(crate) struct Place {
     pub(crate) level: u8,
     pub(crate) slot: u8,
     pub(crate) pos: u32,
 }
-
-/// Bit offset of `level` in a packed [`Place`] (`pos` takes the 32 bits below).
-const LEVEL_SHIFT: u32 = 32;
-/// Bit offset of `slot` in a packed [`Place`].
-const SLOT_SHIFT: u32 = 40;
 
 impl Place {
     /// A vacant entry's place: its `pos` is the next free entry.
@@ -128,22 +130,6 @@ impl Place {
             level: VACANT,
             slot: 0,
             pos: next_free,
-        }
-    }
-
-    /// `pos | level << 32 | slot << 40`.
-    #[inline(always)]
-    const fn pack(self) -> u64 {
-        self.pos as u64 | (self.level as u64) << LEVEL_SHIFT | (self.slot as u64) << SLOT_SHIFT
-    }
-
-    /// The inverse of [`pack`](Self::pack).
-    #[inline(always)]
-    const fn unpack(word: u64) -> Place {
-        Place {
-            level: (word >> LEVEL_SHIFT) as u8,
-            slot: (word >> SLOT_SHIFT) as u8,
-            pos: word as u32,
         }
     }
 }
@@ -249,7 +235,7 @@ impl<T> Slab<T> {
         let next_free = entry.place().pos;
         entry.value = MaybeUninit::new(value);
         entry.deadline = deadline;
-        entry.place = place.pack();
+        entry.place = place;
         let generation = entry.generation;
         self.head = head(next_free, len);
         Some((index, generation))
@@ -269,7 +255,7 @@ impl<T> Slab<T> {
         let entry = self.at_mut(index);
         entry.value = MaybeUninit::new(value);
         entry.deadline = deadline;
-        entry.place = place.pack();
+        entry.place = place;
         let generation = entry.generation;
         self.allocated += 1;
         self.head = head(NIL, len);
@@ -323,7 +309,7 @@ impl<T> Slab<T> {
         // SAFETY: filtered on `level != VACANT`, so `value` is initialised; `level = VACANT` right after
         // makes sure it is never read again until `alloc` writes a new value.
         let value = unsafe { entry.value.assume_init_read() };
-        entry.place = Place::vacant(free_head).pack();
+        entry.place = Place::vacant(free_head);
         // `generation` (the key's, equal to the entry's) rather than the entry's: the value stored then
         // does not wait for the entry to come from memory.
         entry.generation = generation.wrapping_add(1);
@@ -342,7 +328,7 @@ impl<T> Slab<T> {
         // SAFETY: `level != VACANT`, so `value` is initialised; setting `level = VACANT` right after
         // makes sure it is never read again until `alloc` writes a new value.
         let value = unsafe { entry.value.assume_init_read() };
-        entry.place = Place::vacant(free_head).pack();
+        entry.place = Place::vacant(free_head);
         entry.generation = entry.generation.wrapping_add(1);
         self.head = head(index, len);
         Some(value)
@@ -356,7 +342,7 @@ impl<T> Drop for Slab<T> {
                 // SAFETY: `level != VACANT`, so `value` is initialised; the slab is going away, so it
                 // is never read again.
                 unsafe { entry.value.assume_init_drop() };
-                entry.place = Place::vacant(NIL).pack();
+                entry.place = Place::vacant(NIL);
             }
         }
     }
