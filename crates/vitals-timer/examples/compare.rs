@@ -34,7 +34,7 @@
 //! never timed. The heap purges stale entries when they outnumber live ones (part of its timed cost).
 //!
 //! `memory` is measured on a wheel just filled; `context memory_after_churn` on each implementation after
-//! all the churn operations (tombstones, purges and grown buffers included).
+//! all the churn operations (stale list indices, purges and grown buffers included).
 
 use std::future::poll_fn;
 use std::hint::black_box;

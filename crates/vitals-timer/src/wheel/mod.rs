@@ -4,10 +4,14 @@
 //! 11 levels of 64 slots, one occupancy bitmap per level (`wheel/level.rs` holds the slot
 //! math). Entries live in a slab (`wheel/slab.rs`) and are addressed by a [`Key`] = (index, generation), so a key
 //! that outlived its entry is reported as [`Error::StaleKey`], never a panic. Each slot is a list of
-//! slab indices and each entry knows its position in it, so cancel and reset leave a list in O(1): the
-//! entry stops matching its old place and its index there becomes a tombstone, skipped when the slot is
-//! emptied and dropped when the list is compacted (at twice its live entries, `COMPACT_RATIO`);
-//! emptying a slot walks a contiguous array whose entry loads overlap in the cache.
+//! slab indices and each entry records its place: level, slot and position in that list. An index in a
+//! list is live exactly when its entry's place is that list and that position; any other is stale (the
+//! entry was cancelled or re-filed, and the index may since have been reused, in another list or in this
+//! one at another position). So cancel and reset leave a list without touching it (nor a counter beside
+//! it): a cancel touches the entry alone. Stale indices are skipped when the slot is emptied, and dropped
+//! when a list whose buffer is full is compacted instead of grown (see `make_room`, at about twice its
+//! live entries, `COMPACT_RATIO`); emptying a slot walks a contiguous array whose entry loads overlap in
+//! the cache.
 //!
 //! # Time
 //! The wheel counts ticks (default 1 ms) from an `origin` instant. A deadline is rounded *up* to a tick and
@@ -19,7 +23,9 @@
 //! A reset to a *later* deadline (the heartbeat hot path: "the peer spoke, push its deadline back") only
 //! stores the new deadline; the entry stays in its old slot and is re-filed when that slot comes due. A reset
 //! to an earlier deadline is re-linked at once. Consequence: [`Wheel::next_deadline`] may name a time at
-//! which `poll` returns nothing (it is never later than the true earliest deadline).
+//! which `poll` returns nothing (it is never later than the true earliest deadline). The same holds after
+//! cancels: a slot whose entries were all cancelled still counts as occupied until it comes due (or until
+//! the wheel is empty).
 //!
 //! # Order
 //! `poll` hands out every entry due by `now`. Entries that came due in one call are returned slot by slot,
@@ -36,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use divide::Divisor;
-use level::{LEVELS, SLOT_MASK, SLOTS, level_for, next_occupied, slot_for};
-use slab::{PENDING, Place, Slab, VACANT};
+use level::{LEVELS, SLOTS, level_for, next_occupied, slot_for};
+use slab::{NIL, PENDING, Place, Slab, VACANT};
 
 /// Default tick: one millisecond.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(1);
@@ -114,11 +120,10 @@ pub struct Wheel<T> {
     /// Ticks since origin up to which all slots have been processed.
     elapsed: u64,
     slab: Slab<T>,
-    /// The slot lists, `slots[level][slot]`: slab indices in filing order, tombstones included (indices of
-    /// entries that left the list — cancelled or re-filed — skipped when the slot is emptied).
+    /// The slot lists, `slots[level][slot]`: slab indices in filing order, stale ones included (indices
+    /// of entries that left the list — cancelled or re-filed — which no longer match their entry's place;
+    /// skipped when the slot is emptied, dropped when a full list is compacted).
     slots: Box<[[Vec<u32>; SLOTS]; LEVELS]>,
-    /// Tombstones in each slot list, `dead[level][slot]`: the list's live entries are its length minus these.
-    dead: Box<[[u32; SLOTS]; LEVELS]>,
     occupied: [u64; LEVELS],
     /// Entries that are due and wait to be handed out by `poll`.
     pending: Vec<u32>,
@@ -149,7 +154,6 @@ impl<T> Wheel<T> {
             elapsed: 0,
             slab: Slab::with_capacity(capacity),
             slots: Box::new(std::array::from_fn(|_| std::array::from_fn(|_| Vec::new()))),
-            dead: Box::new([[0; SLOTS]; LEVELS]),
             occupied: [0; LEVELS],
             pending: Vec::new(),
             last_poll: None,
@@ -222,6 +226,7 @@ impl<T> Wheel<T> {
         // (Borrowing the fields apart lets the list be found once, not again after the slab's writes.)
         let level = level_for(self.elapsed, tick);
         let slot = slot_for(tick, level);
+        self.make_room(level, slot);
         let Wheel {
             slab,
             slots,
@@ -271,7 +276,12 @@ impl<T> Wheel<T> {
             .slab
             .take(key.index(), key.generation())
             .ok_or(Error::StaleKey)?;
-        self.leave(key.index(), place);
+        if place.level == PENDING {
+            self.leave_pending(key.index(), place.pos as usize);
+        }
+        if self.slab.len() == 0 {
+            self.forget_stale();
+        }
         Ok(value)
     }
 
@@ -368,13 +378,16 @@ impl<T> Wheel<T> {
 
     /// When to call `poll` next: the start of the earliest occupied slot (due entries: the current tick).
     /// `None` when the wheel is empty. Never later than the earliest deadline; may be earlier after lazy
-    /// resets.
+    /// resets and cancels.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.next_deadline_tick().map(|t| self.instant_of(t))
     }
 
     /// [`next_deadline`](Self::next_deadline) in ticks.
     pub fn next_deadline_tick(&self) -> Option<u64> {
+        if self.slab.len() == 0 {
+            return None;
+        }
         if !self.pending.is_empty() {
             return Some(self.elapsed);
         }
@@ -401,6 +414,7 @@ impl<T> Wheel<T> {
     /// Appends `index` to the list of (`level`, `slot`) and returns its position there.
     #[inline]
     fn append(&mut self, level: usize, slot: usize, index: u32) -> u32 {
+        self.make_room(level, slot);
         let list = &mut self.slots[level][slot];
         let pos = list.len() as u32;
         list.push(index);
@@ -419,38 +433,22 @@ impl<T> Wheel<T> {
         });
     }
 
-    /// Takes entry `index` out of whatever list holds it, in O(1), and marks it as listed nowhere.
+    /// Takes entry `index` out of whatever list holds it, in O(1), and marks it as listed nowhere. From
+    /// the pending list it is removed (`swap_remove`); in a slot list its index is left behind, stale
+    /// (it no longer matches the entry's place), and nothing there is touched.
     fn unlink(&mut self, index: u32) {
         let place = self.slab.at(index).place();
-        if place.level != VACANT && place.level != PENDING {
-            // Mark the entry as listed nowhere so that its tombstone is recognised.
-            self.slab.at_mut(index).set_place(Place {
-                level: PENDING,
-                ..place
-            });
-        }
-        self.leave(index, place);
-    }
-
-    /// Takes entry `index`, listed at (`level`, `slot`, `pos`), out of its list; the entry itself is not
-    /// touched (the caller has already marked it as listed nowhere, or freed it). From the pending list it
-    /// is removed (`swap_remove`); from a slot list it leaves a tombstone — no other entry is touched, which
-    /// keeps a cancel to one cache miss. A list whose entries are all gone is cleared; one that is mostly
-    /// tombstones is compacted (amortised O(1), see [`COMPACT_RATIO`]).
-    #[inline]
-    fn leave(&mut self, index: u32, Place { level, slot, pos }: Place) {
-        let slot = slot as usize & SLOT_MASK as usize;
-        let Some(dead) = self.dead.get_mut(level as usize) else {
-            if level == PENDING {
-                self.leave_pending(index, pos as usize);
-            }
+        if place.level == VACANT {
             return;
-        };
-        let dead = &mut dead[slot];
-        *dead += 1;
-        let len = self.slots[level as usize][slot].len();
-        if needs_tidy(*dead as usize, len) {
-            self.tidy(level as usize, slot);
+        }
+        // Listed nowhere: no slot list position matches it any more.
+        self.slab.at_mut(index).set_place(Place {
+            level: PENDING,
+            slot: 0,
+            pos: NIL,
+        });
+        if place.level == PENDING {
+            self.leave_pending(index, place.pos as usize);
         }
     }
 
@@ -466,17 +464,53 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// After a tombstone: empties a slot list whose last live entry left, or compacts one that is mostly
-    /// tombstones.
+    /// Before appending to list (`level`, `slot`): when the list is full (appending would grow its buffer)
+    /// and holds many stale indices, compacts it instead of growing it. Cancel and re-filing leave a list
+    /// untouched, so this is where stale indices go, the way a growing `Vec` pays for its copies:
+    /// compaction loads every listed entry and happens only once a list's buffer is full, which after
+    /// the previous compaction takes as many appends as about 1.25 times its live entries.
+    #[inline(always)]
+    fn make_room(&mut self, level: usize, slot: usize) {
+        let list = &self.slots[level][slot];
+        if list.len() == list.capacity() {
+            self.full(level, slot);
+        }
+    }
+
+    /// [`make_room`](Self::make_room) for a full list: compacts it if it is long and the wheel's lists
+    /// hold at least [`STALE_SHARE`] stale indices overall (a list is not scanned just to find that it
+    /// has nothing to drop: while entries are only filed, as when a wheel fills or a slot's entries
+    /// cascade to lower levels, no list is scanned), then makes room for the next append.
     #[cold]
     #[inline(never)]
-    fn tidy(&mut self, level: usize, slot: usize) {
-        if self.dead[level][slot] as usize >= self.slots[level][slot].len() {
-            self.slots[level][slot].clear();
-            self.dead[level][slot] = 0;
-            self.occupied[level] &= !(1 << slot);
-        } else {
+    fn full(&mut self, level: usize, slot: usize) {
+        let len = self.slots[level][slot].len();
+        if len >= SCAN_MIN && self.stale_share_reached() {
             self.compact(level, slot);
+        }
+        let list = &mut self.slots[level][slot];
+        list.reserve(list.len().max(1));
+    }
+
+    /// True when at least [`STALE_SHARE`] of the indices in the slot lists are stale: listed indices
+    /// minus live entries that are not pending. O(number of lists).
+    fn stale_share_reached(&self) -> bool {
+        let listed: usize = self.slots.iter().flatten().map(Vec::len).sum();
+        let live = self.slab.len() - self.pending.len();
+        let stale = listed.saturating_sub(live);
+        stale * STALE_SHARE.1 >= listed * STALE_SHARE.0
+    }
+
+    /// Drops every slot list's indices, all stale when the wheel holds no entry, giving back their
+    /// buffers beyond [`KEEP_LIST_CAPACITY`].
+    #[cold]
+    fn forget_stale(&mut self) {
+        for (level, lists) in self.slots.iter_mut().enumerate() {
+            for list in lists.iter_mut() {
+                list.clear();
+                list.shrink_to(KEEP_LIST_CAPACITY);
+            }
+            self.occupied[level] = 0;
         }
     }
 
@@ -486,7 +520,7 @@ impl<T> Wheel<T> {
         place.level as usize == level && place.slot as usize == slot && place.pos as usize == pos
     }
 
-    /// Drops the tombstones of one list, fixing the positions of the entries that stay.
+    /// Drops the stale indices of one list, fixing the positions of the entries that stay.
     fn compact(&mut self, level: usize, slot: usize) {
         let mut list = std::mem::take(&mut self.slots[level][slot]);
         let mut kept = 0;
@@ -499,11 +533,15 @@ impl<T> Wheel<T> {
             }
         }
         list.truncate(kept);
-        // Room to reach the next compaction without growing even if a quarter more entries arrive than
-        // leave, and no more: a list that doubled on its way here gives the rest back.
-        list.shrink_to(COMPACT_RATIO * kept + kept / 4 + COMPACT_SLACK + 1);
+        // Room for `COMPACT_RATIO` times the live entries (the next compaction comes when that is full),
+        // and no more: a list that doubled on its way here gives the rest back.
+        let room = COMPACT_RATIO * kept + COMPACT_SLACK;
+        if list.capacity() > room {
+            list.shrink_to(room);
+        } else {
+            list.reserve_exact(room - list.len());
+        }
         self.slots[level][slot] = list;
-        self.dead[level][slot] = 0;
     }
 
     /// The earliest occupied slot over all levels: `(level, slot, first tick)`.
@@ -526,11 +564,10 @@ impl<T> Wheel<T> {
     fn process_slot(&mut self, level: usize, slot: usize, start: u64, now: u64) {
         self.elapsed = self.elapsed.max(start);
         let mut list = std::mem::take(&mut self.slots[level][slot]);
-        self.dead[level][slot] = 0;
         self.occupied[level] &= !(1 << slot);
         for (pos, &index) in list.iter().enumerate() {
             if !self.listed_at(index, level, slot, pos) {
-                continue; // a tombstone
+                continue; // stale
             }
             let when = self.slab.at(index).deadline;
             if when <= now {
@@ -547,21 +584,21 @@ impl<T> Wheel<T> {
     }
 }
 
-/// A list is compacted once it is longer than `COMPACT_RATIO` times its live entries (plus
-/// [`COMPACT_SLACK`]). Compaction reads every listed entry, about `RATIO / (RATIO - 1)` entry reads per cancel
-/// (2 here); in exchange a list holds at most `RATIO - 1` tombstones (4 bytes each) per live entry, and
-/// compaction gives back the buffer a list grew on the way. With 4 and no give-back, a wheel of 1,000,000
-/// timers under steady cancel + insert churn grew from 41 to about 64 bytes per timer.
+/// A compacted list gets room for `COMPACT_RATIO` times its live entries (plus [`COMPACT_SLACK`]), and is
+/// compacted again when that room is full: about `RATIO / (RATIO - 1)` entry loads per departure (2
+/// here) in exchange for at most `RATIO - 1` stale indices (4 bytes each) per live entry. With 4 (and no
+/// buffer given back), a wheel of 1,000,000 timers under steady cancel + insert churn grew from 41 to
+/// about 64 bytes per timer.
 const COMPACT_RATIO: usize = 2;
-/// Tombstones any list may hold before compaction is considered.
+/// Room beyond `COMPACT_RATIO` times the live entries that a compacted list gets.
 const COMPACT_SLACK: usize = 32;
-
-/// After a tombstone: true when a list of `len` indices, `dead` of them tombstones, is to be emptied (no
-/// live entry left) or compacted (longer than `COMPACT_RATIO` times its live entries plus the slack).
-#[inline]
-fn needs_tidy(dead: usize, len: usize) -> bool {
-    dead >= len || COMPACT_RATIO * dead > (COMPACT_RATIO - 1) * len + COMPACT_SLACK
-}
+/// Lists shorter than this are never scanned for stale indices, only grown: the most a short list can
+/// waste, and a short list is emptied soon anyway (its slot is near).
+const SCAN_MIN: usize = 1024;
+/// `(a, b)`: a full list is compacted when at least `a / b` of all listed indices are stale. A fraction of
+/// all lists, not of the full list's own indices (which only a scan would tell): when entries depart, they
+/// depart from every list, and when none has departed no list is scanned for nothing.
+const STALE_SHARE: (usize, usize) = (1, 4);
 
 /// Largest slot-list buffer (in entries) kept after its slot is emptied.
 const KEEP_LIST_CAPACITY: usize = 1024;
