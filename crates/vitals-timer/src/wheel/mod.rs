@@ -477,28 +477,31 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// [`make_room`](Self::make_room) for a full list: compacts it if it is long and the wheel's lists
-    /// hold at least [`STALE_SHARE`] stale indices overall (a list is not scanned just to find that it
-    /// has nothing to drop: while entries are only filed, as when a wheel fills or a slot's entries
-    /// cascade to lower levels, no list is scanned), then makes room for the next append.
+    /// [`make_room`](Self::make_room) for a full list: compacts it if it is long and a sample of its
+    /// indices is at least [`STALE_SHARE`] stale (so a list is not scanned just to find that it has
+    /// nothing to drop, as when a wheel fills or a slot's entries cascade to lower levels), else lets it
+    /// grow the way a `Vec` does.
     #[cold]
     #[inline(never)]
     fn full(&mut self, level: usize, slot: usize) {
-        let len = self.slots[level][slot].len();
-        if len >= SCAN_MIN && self.stale_share_reached() {
+        if self.slots[level][slot].len() >= SCAN_MIN && self.looks_stale(level, slot) {
             self.compact(level, slot);
+        } else {
+            let list = &mut self.slots[level][slot];
+            list.reserve(list.len().max(1));
         }
-        let list = &mut self.slots[level][slot];
-        list.reserve(list.len().max(1));
     }
 
-    /// True when at least [`STALE_SHARE`] of the indices in the slot lists are stale: listed indices
-    /// minus live entries that are not pending. O(number of lists).
-    fn stale_share_reached(&self) -> bool {
-        let listed: usize = self.slots.iter().flatten().map(Vec::len).sum();
-        let live = self.slab.len() - self.pending.len();
-        let stale = listed.saturating_sub(live);
-        stale * STALE_SHARE.1 >= listed * STALE_SHARE.0
+    /// True when at least [`STALE_SHARE`] of [`SAMPLES`] evenly spaced indices of list (`level`, `slot`)
+    /// are stale. [`SAMPLES`] entry loads.
+    fn looks_stale(&self, level: usize, slot: usize) -> bool {
+        let list = &self.slots[level][slot];
+        let step = list.len() / SAMPLES;
+        let stale = (0..SAMPLES)
+            .map(|i| i * step)
+            .filter(|&pos| !self.listed_at(list[pos], level, slot, pos))
+            .count();
+        stale * STALE_SHARE.1 >= SAMPLES * STALE_SHARE.0
     }
 
     /// Drops every slot list's indices, all stale when the wheel holds no entry, giving back their
@@ -533,13 +536,15 @@ impl<T> Wheel<T> {
             }
         }
         list.truncate(kept);
-        // Room for `COMPACT_RATIO` times the live entries (the next compaction comes when that is full),
-        // and no more: a list that doubled on its way here gives the rest back.
-        let room = COMPACT_RATIO * kept + COMPACT_SLACK;
-        if list.capacity() > room {
+        // Room for about `COMPACT_RATIO` times the live entries (the next compaction comes when that is
+        // full). A list whose live entries dwindled gives the rest back, one left less than half free
+        // grows to it; one within that keeps its buffer, as it does in steady churn (moving a long list's
+        // buffer costs more than the difference is worth).
+        let room = COMPACT_RATIO * kept + kept / 4 + COMPACT_SLACK;
+        if list.capacity() > room + room / 4 {
             list.shrink_to(room);
-        } else {
-            list.reserve_exact(room - list.len());
+        } else if kept * 2 > list.capacity() {
+            list.reserve_exact(room - kept);
         }
         self.slots[level][slot] = list;
     }
@@ -584,20 +589,21 @@ impl<T> Wheel<T> {
     }
 }
 
-/// A compacted list gets room for `COMPACT_RATIO` times its live entries (plus [`COMPACT_SLACK`]), and is
-/// compacted again when that room is full: about `RATIO / (RATIO - 1)` entry loads per departure (2
-/// here) in exchange for at most `RATIO - 1` stale indices (4 bytes each) per live entry. With 4 (and no
-/// buffer given back), a wheel of 1,000,000 timers under steady cancel + insert churn grew from 41 to
-/// about 64 bytes per timer.
+/// A compacted list gets room for about `COMPACT_RATIO` times its live entries (plus a quarter, plus
+/// [`COMPACT_SLACK`]), and is compacted again when that room is full: about `RATIO / (RATIO - 1)` entry
+/// loads per departure (2 here) in exchange for at most `RATIO - 1` stale indices (4 bytes each) per live
+/// entry. With 4 (and no buffer given back), a wheel of 1,000,000 timers under steady cancel + insert churn
+/// grew from 41 to about 64 bytes per timer.
 const COMPACT_RATIO: usize = 2;
 /// Room beyond `COMPACT_RATIO` times the live entries that a compacted list gets.
 const COMPACT_SLACK: usize = 32;
 /// Lists shorter than this are never scanned for stale indices, only grown: the most a short list can
 /// waste, and a short list is emptied soon anyway (its slot is near).
 const SCAN_MIN: usize = 1024;
-/// `(a, b)`: a full list is compacted when at least `a / b` of all listed indices are stale. A fraction of
-/// all lists, not of the full list's own indices (which only a scan would tell): when entries depart, they
-/// depart from every list, and when none has departed no list is scanned for nothing.
+/// Indices of a full list checked to decide whether it is worth compacting (at most one sample per
+/// [`SCAN_MIN`] / `SAMPLES` appends since the list last filled up).
+const SAMPLES: usize = 32;
+/// `(a, b)`: a full list is compacted when at least `a / b` of the sampled indices are stale.
 const STALE_SHARE: (usize, usize) = (1, 4);
 
 /// Largest slot-list buffer (in entries) kept after its slot is emptied.
