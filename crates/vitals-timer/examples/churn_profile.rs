@@ -16,11 +16,16 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use vitals_timer::Wheel;
+use vitals_timer::{Key, Wheel};
 
 #[path = "../benches/support/heap_timers.rs"]
 #[allow(dead_code)] // only insert and cancel are used here
 mod heap_timers;
+#[path = "../benches/support/splitmix.rs"]
+mod splitmix;
+
+use heap_timers::HeapTimers;
+use splitmix::SplitMix64;
 
 /// Resident timers.
 const RESIDENT: usize = 1_000_000;
@@ -29,25 +34,61 @@ const SPREAD_MS: u64 = 60_000;
 /// Most churn operations a run can do (the plan's length).
 const MAX_OPS: usize = 2_000_000;
 
-/// SplitMix64, as in `compare`.
-struct SplitMix64(u64);
+fn at(base: Instant, ms: u64) -> Instant {
+    base + Duration::from_millis(ms)
+}
 
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+/// What the churn loop needs of an implementation (inlined into it, so that the loop is the one a caller
+/// writing it for one implementation would get).
+trait Churn {
+    type Key: Copy;
+    fn insert(&mut self, at: Instant, value: u64) -> Self::Key;
+    fn cancel(&mut self, key: Self::Key) -> u64;
+}
+
+impl Churn for Wheel<u64> {
+    type Key = Key;
+
+    #[inline(always)]
+    fn insert(&mut self, at: Instant, value: u64) -> Key {
+        Wheel::insert(self, at, value).expect("insert")
     }
 
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    #[inline(always)]
+    fn cancel(&mut self, key: Key) -> u64 {
+        Wheel::cancel(self, key).expect("cancel")
     }
 }
 
-fn at(base: Instant, ms: u64) -> Instant {
-    base + Duration::from_millis(ms)
+impl Churn for HeapTimers<u64> {
+    type Key = heap_timers::HeapKey;
+
+    #[inline(always)]
+    fn insert(&mut self, at: Instant, value: u64) -> Self::Key {
+        HeapTimers::insert(self, at, value)
+    }
+
+    #[inline(always)]
+    fn cancel(&mut self, key: Self::Key) -> u64 {
+        HeapTimers::cancel(self, key).expect("cancel")
+    }
+}
+
+/// Fills `timers` with `initial` (untimed), then runs the `churn` operations (each cancels a victim and
+/// inserts its replacement, as `compare` does) and returns their time.
+fn run<C: Churn>(mut timers: C, base: Instant, initial: &[u64], churn: &[(u32, u64)]) -> Duration {
+    let mut keys: Vec<C::Key> = initial
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| timers.insert(at(base, ms), i as u64))
+        .collect();
+    let t = Instant::now();
+    for (j, &(victim, ms)) in churn.iter().enumerate() {
+        let key = &mut keys[victim as usize];
+        black_box(timers.cancel(*key));
+        *key = timers.insert(at(base, ms), j as u64);
+    }
+    t.elapsed()
 }
 
 fn main() {
@@ -66,38 +107,9 @@ fn main() {
         .collect();
     let churn = &plan[..ops.min(MAX_OPS)];
     let base = Instant::now();
-
     let elapsed = match which.as_str() {
-        "wheel" => {
-            let mut wheel = Wheel::new(base);
-            let mut keys: Vec<_> = initial
-                .iter()
-                .enumerate()
-                .map(|(i, &ms)| wheel.insert(at(base, ms), i as u64).expect("insert"))
-                .collect();
-            let t = Instant::now();
-            for (j, &(victim, ms)) in churn.iter().enumerate() {
-                let key = &mut keys[victim as usize];
-                black_box(wheel.cancel(*key).expect("cancel"));
-                *key = wheel.insert(at(base, ms), j as u64).expect("insert");
-            }
-            t.elapsed()
-        }
-        "heap" => {
-            let mut heap = heap_timers::HeapTimers::new();
-            let mut keys: Vec<_> = initial
-                .iter()
-                .enumerate()
-                .map(|(i, &ms)| heap.insert(at(base, ms), i as u64))
-                .collect();
-            let t = Instant::now();
-            for (j, &(victim, ms)) in churn.iter().enumerate() {
-                let key = &mut keys[victim as usize];
-                black_box(heap.cancel(*key).expect("cancel"));
-                *key = heap.insert(at(base, ms), j as u64);
-            }
-            t.elapsed()
-        }
+        "wheel" => run(Wheel::new(base), base, &initial, churn),
+        "heap" => run(HeapTimers::new(), base, &initial, churn),
         other => panic!("unknown implementation {other}: wheel or heap"),
     };
     println!(
