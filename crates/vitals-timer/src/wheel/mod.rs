@@ -505,15 +505,18 @@ impl<T> Wheel<T> {
     }
 
     /// Drops every slot list's indices, all stale when the wheel holds no entry, giving back their
-    /// buffers beyond [`KEEP_LIST_CAPACITY`].
+    /// buffers beyond [`KEEP_LIST_CAPACITY`]. Visits only the occupied slots (a list holds indices only
+    /// while its slot is marked occupied), so emptying a small wheel stays cheap.
     #[cold]
     fn forget_stale(&mut self) {
         for (level, lists) in self.slots.iter_mut().enumerate() {
-            for list in lists.iter_mut() {
+            let mut bits = std::mem::take(&mut self.occupied[level]);
+            while bits != 0 {
+                let list = &mut lists[bits.trailing_zeros() as usize];
                 list.clear();
                 list.shrink_to(KEEP_LIST_CAPACITY);
+                bits &= bits - 1;
             }
-            self.occupied[level] = 0;
         }
     }
 
