@@ -24,8 +24,11 @@ use vitals_timer::{Key, Wheel};
 
 #[path = "support/heap_timers.rs"]
 mod heap_timers;
+#[path = "support/splitmix.rs"]
+mod splitmix;
 
 use heap_timers::{HeapKey, HeapTimers};
+use splitmix::SplitMix64;
 
 /// Resident timers in the insert/cancel and reset groups.
 const RESIDENT: usize = 100_000;
@@ -39,23 +42,6 @@ const TICK: Duration = Duration::from_millis(1);
 
 type TokioInstant = tokio::time::Instant;
 type DqKey = tokio_util::time::delay_queue::Key;
-
-/// SplitMix64: a tiny deterministic PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
 
 fn at(base: Instant, ms: u64) -> Instant {
     base + Duration::from_millis(ms)
@@ -75,7 +61,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Resident deadlines, the same for every implementation.
 fn initial(lo: u64, hi: u64) -> Vec<u64> {
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64(7);
     (0..RESIDENT).map(|_| lo + rng.below(hi - lo + 1)).collect()
 }
 
@@ -115,7 +101,7 @@ fn insert_cancel(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     group.bench_function("vitals", |b| {
         let base = Instant::now();
         let (mut wheel, mut keys) = wheel_filled(base, &deadlines);
-        let mut rng = Rng(1);
+        let mut rng = SplitMix64(1);
         b.iter(|| {
             let key = &mut keys[rng.below(RESIDENT as u64) as usize];
             black_box(wheel.cancel(*key).expect("cancel"));
@@ -128,7 +114,7 @@ fn insert_cancel(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let _guard = rt.enter();
         let base = TokioInstant::now();
         let (mut dq, mut keys) = dq_filled(base, &deadlines);
-        let mut rng = Rng(1);
+        let mut rng = SplitMix64(1);
         b.iter(|| {
             let key = &mut keys[rng.below(RESIDENT as u64) as usize];
             black_box(dq.remove(key).into_inner());
@@ -138,7 +124,7 @@ fn insert_cancel(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     group.bench_function("heap", |b| {
         let base = Instant::now();
         let (mut heap, mut keys) = heap_filled(base, &deadlines);
-        let mut rng = Rng(1);
+        let mut rng = SplitMix64(1);
         b.iter(|| {
             let key = &mut keys[rng.below(RESIDENT as u64) as usize];
             black_box(heap.cancel(*key).expect("cancel"));
@@ -155,7 +141,7 @@ fn reset_later(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let base = Instant::now();
         let (mut wheel, keys) = wheel_filled(base, &deadlines);
         let mut current = deadlines.clone();
-        let mut rng = Rng(2);
+        let mut rng = SplitMix64(2);
         b.iter(|| {
             let victim = rng.below(RESIDENT as u64) as usize;
             current[victim] += 1 + rng.below(SPREAD_MS / 2);
@@ -169,7 +155,7 @@ fn reset_later(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let base = TokioInstant::now();
         let (mut dq, keys) = dq_filled(base, &deadlines);
         let mut current = deadlines.clone();
-        let mut rng = Rng(2);
+        let mut rng = SplitMix64(2);
         b.iter(|| {
             let victim = rng.below(RESIDENT as u64) as usize;
             current[victim] += 1 + rng.below(SPREAD_MS / 2);
@@ -180,7 +166,7 @@ fn reset_later(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let base = Instant::now();
         let (mut heap, keys) = heap_filled(base, &deadlines);
         let mut current = deadlines.clone();
-        let mut rng = Rng(2);
+        let mut rng = SplitMix64(2);
         b.iter(|| {
             let victim = rng.below(RESIDENT as u64) as usize;
             current[victim] += 1 + rng.below(SPREAD_MS / 2);
@@ -218,7 +204,7 @@ fn reset_earlier(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut group = configure(c, "reset_earlier");
     // Resident timers sit late (30-60 s); each op moves one to an earlier point (1 ms-30 s).
     let late = initial(SPREAD_MS / 2, SPREAD_MS);
-    let mut rng = Rng(3);
+    let mut rng = SplitMix64(3);
     let early: Vec<u64> = (0..RESIDENT)
         .map(|_| 1 + rng.below(SPREAD_MS / 2 - 1))
         .collect();
@@ -282,7 +268,7 @@ fn reset_earlier(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 /// Deadlines (ms) of one expiry batch of `n` timers, about `PER_TICK` per millisecond.
 fn expiry_batch(n: u64, seed: u64) -> (Vec<u64>, u64) {
     let spread = n.div_ceil(PER_TICK).max(1);
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     ((0..n).map(|_| 1 + rng.below(spread)).collect(), spread)
 }
 

@@ -34,7 +34,7 @@
 //! never timed. The heap purges stale entries when they outnumber live ones (part of its timed cost).
 //!
 //! `memory` is measured on a wheel just filled; `context memory_after_churn` on each implementation after
-//! all the churn operations (tombstones, purges and grown buffers included).
+//! all the churn operations (stale list indices, purges and grown buffers included).
 
 use std::future::poll_fn;
 use std::hint::black_box;
@@ -47,8 +47,11 @@ use vitals_timer::{Key, Wheel};
 
 #[path = "../benches/support/heap_timers.rs"]
 mod heap_timers;
+#[path = "../benches/support/splitmix.rs"]
+mod splitmix;
 
 use heap_timers::HeapTimers;
+use splitmix::SplitMix64;
 
 mod counting {
     //! A global allocator that counts the bytes currently allocated while counting is switched on.
@@ -137,24 +140,6 @@ const ROUNDS: usize = 3;
 const CHUNK: usize = 500_000;
 /// 1 ms steps each implementation drains per turn in `expiry`.
 const STEP_CHUNK: u64 = 500;
-
-/// SplitMix64: a tiny deterministic PRNG.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (multiply-shift; the bias is negligible for these ranges).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
 
 /// Deadlines (ms after the base instant) and operation sequences shared by all implementations.
 struct Plan {

@@ -6,7 +6,7 @@
 //! surfaces in `poll`. Stale entries are purged (one `retain` pass) when they outnumber live ones, so the
 //! heap stays within about twice the live count.
 //!
-//! Shared by `benches/wheel.rs` and `examples/compare.rs` through `#[path]`.
+//! Shared by `benches/wheel.rs`, `examples/compare.rs` and `examples/churn_profile.rs` through `#[path]`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

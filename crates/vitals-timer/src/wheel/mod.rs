@@ -4,10 +4,14 @@
 //! 11 levels of 64 slots, one occupancy bitmap per level (`wheel/level.rs` holds the slot
 //! math). Entries live in a slab (`wheel/slab.rs`) and are addressed by a [`Key`] = (index, generation), so a key
 //! that outlived its entry is reported as [`Error::StaleKey`], never a panic. Each slot is a list of
-//! slab indices and each entry knows its position in it, so cancel and reset leave a list in O(1): the
-//! entry stops matching its old place and its index there becomes a tombstone, skipped when the slot is
-//! emptied and dropped when the list is compacted (at twice its live entries, `COMPACT_RATIO`);
-//! emptying a slot walks a contiguous array whose entry loads overlap in the cache.
+//! slab indices and each entry records its place: level, slot and position in that list. An index in a
+//! list is live exactly when its entry's place is that list and that position; any other is stale (the
+//! entry was cancelled or re-filed, and the index may since have been reused, in another list or in this
+//! one at another position). So cancel and reset leave a list without touching it (nor a counter beside
+//! it): a cancel touches the entry alone. Stale indices are skipped when the slot is emptied, and dropped
+//! when a list whose buffer is full is compacted instead of grown (see `make_room`, at about twice its
+//! live entries, `COMPACT_RATIO`); emptying a slot walks a contiguous array whose entry loads overlap in
+//! the cache.
 //!
 //! # Time
 //! The wheel counts ticks (default 1 ms) from an `origin` instant. A deadline is rounded *up* to a tick and
@@ -19,7 +23,9 @@
 //! A reset to a *later* deadline (the heartbeat hot path: "the peer spoke, push its deadline back") only
 //! stores the new deadline; the entry stays in its old slot and is re-filed when that slot comes due. A reset
 //! to an earlier deadline is re-linked at once. Consequence: [`Wheel::next_deadline`] may name a time at
-//! which `poll` returns nothing (it is never later than the true earliest deadline).
+//! which `poll` returns nothing (it is never later than the true earliest deadline). The same holds after
+//! cancels: a slot whose entries were all cancelled still counts as occupied until it comes due (or until
+//! the wheel is empty).
 //!
 //! # Order
 //! `poll` hands out every entry due by `now`. Entries that came due in one call are returned slot by slot,
@@ -31,12 +37,13 @@ pub(crate) mod divide;
 pub(crate) mod level;
 pub(crate) mod slab;
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use crate::Error;
 use divide::Divisor;
-use level::{LEVELS, SLOT_MASK, SLOTS, level_for, next_occupied, slot_for};
-use slab::{PENDING, Place, Slab, VACANT};
+use level::{LEVELS, SLOTS, level_for, next_occupied, slot_for};
+use slab::{NIL, PENDING, Place, Slab, VACANT};
 
 /// Default tick: one millisecond.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(1);
@@ -48,10 +55,49 @@ const DEFAULT_DIVISOR: Divisor = match Divisor::new(DEFAULT_TICK.as_nanos() as u
 };
 
 /// Names one entry of a [`Wheel`]. Cheap to copy; detects reuse of its slot through a generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key {
-    index: u32,
-    generation: u32,
+///
+/// One word: the entry's slab index (low 32 bits) and generation (high 32), complemented so that the
+/// word is never zero (no index is `u32::MAX`): `Option<Key>` is as small as a `Key`, and a key is
+/// stored with one store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(NonZeroU64);
+
+impl Key {
+    /// The key of entry `index` with `generation`.
+    #[inline(always)]
+    fn new(index: u32, generation: u32) -> Key {
+        let word = !(u64::from(index) | u64::from(generation) << 32);
+        // Zero only for index `u32::MAX`, which the slab never hands out (it is its "no entry").
+        debug_assert_ne!(index, u32::MAX);
+        Key(NonZeroU64::new(word).unwrap_or(Key::NO_ENTRY))
+    }
+
+    /// A key for index `u32::MAX`, generation 0: no entry ever has it, so it is always stale.
+    const NO_ENTRY: NonZeroU64 = match NonZeroU64::new(!(u32::MAX as u64)) {
+        Some(word) => word,
+        None => panic!("not zero"),
+    };
+
+    /// The entry's slab index.
+    #[inline(always)]
+    fn index(self) -> u32 {
+        !self.0.get() as u32
+    }
+
+    /// The entry's generation when the key was made.
+    #[inline(always)]
+    fn generation(self) -> u32 {
+        (!self.0.get() >> 32) as u32
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("index", &self.index())
+            .field("generation", &self.generation())
+            .finish()
+    }
 }
 
 /// An entry handed out by [`Wheel::poll`]: its key (now stale), payload and deadline.
@@ -74,11 +120,10 @@ pub struct Wheel<T> {
     /// Ticks since origin up to which all slots have been processed.
     elapsed: u64,
     slab: Slab<T>,
-    /// The slot lists, `slots[level][slot]`: slab indices in filing order, tombstones included (indices of
-    /// entries that left the list — cancelled or re-filed — skipped when the slot is emptied).
+    /// The slot lists, `slots[level][slot]`: slab indices in filing order, stale ones included (indices
+    /// of entries that left the list — cancelled or re-filed — which no longer match their entry's place;
+    /// skipped when the slot is emptied, dropped when a full list is compacted).
     slots: Box<[[Vec<u32>; SLOTS]; LEVELS]>,
-    /// Tombstones in each slot list, `dead[level][slot]`: the list's live entries are its length minus these.
-    dead: Box<[[u32; SLOTS]; LEVELS]>,
     occupied: [u64; LEVELS],
     /// Entries that are due and wait to be handed out by `poll`.
     pending: Vec<u32>,
@@ -109,7 +154,6 @@ impl<T> Wheel<T> {
             elapsed: 0,
             slab: Slab::with_capacity(capacity),
             slots: Box::new(std::array::from_fn(|_| std::array::from_fn(|_| Vec::new()))),
-            dead: Box::new([[0; SLOTS]; LEVELS]),
             occupied: [0; LEVELS],
             pending: Vec::new(),
             last_poll: None,
@@ -182,6 +226,7 @@ impl<T> Wheel<T> {
         // (Borrowing the fields apart lets the list be found once, not again after the slab's writes.)
         let level = level_for(self.elapsed, tick);
         let slot = slot_for(tick, level);
+        self.make_room(level, slot);
         let Wheel {
             slab,
             slots,
@@ -200,7 +245,7 @@ impl<T> Wheel<T> {
         };
         list.push(index);
         mark_occupied(&mut occupied[level], slot);
-        Ok(Key { index, generation })
+        Ok(Key::new(index, generation))
     }
 
     /// [`insert_at_tick`](Self::insert_at_tick) for a tick that is already due: the entry goes to the
@@ -221,17 +266,22 @@ impl<T> Wheel<T> {
             )
             .ok_or_else(|| Error::Full(self.slab.len()))?;
         self.pending.push(index);
-        Ok(Key { index, generation })
+        Ok(Key::new(index, generation))
     }
 
     /// Removes the entry and returns its payload. O(1). A stale key is [`Error::StaleKey`].
     #[inline]
     pub fn cancel(&mut self, key: Key) -> Result<T, Error> {
-        let (value, level, slot, pos) = self
+        let (value, place) = self
             .slab
-            .take(key.index, key.generation)
+            .take(key.index(), key.generation())
             .ok_or(Error::StaleKey)?;
-        self.leave(key.index, level, slot, pos);
+        if place.level == PENDING {
+            self.leave_pending(key.index(), place.pos as usize);
+        }
+        if self.slab.len() == 0 {
+            self.forget_stale();
+        }
         Ok(value)
     }
 
@@ -248,42 +298,42 @@ impl<T> Wheel<T> {
         let (old, level) = {
             let entry = self
                 .slab
-                .get(key.index, key.generation)
+                .get(key.index(), key.generation())
                 .ok_or(Error::StaleKey)?;
-            (entry.deadline, entry.level)
+            (entry.deadline, entry.level())
         };
         if tick >= old && level != PENDING {
             // Lazy: the entry's slot comes due no later than the new deadline; it is re-filed then.
-            self.slab.at_mut(key.index).deadline = tick;
+            self.slab.at_mut(key.index()).deadline = tick;
             return Ok(());
         }
-        self.unlink(key.index);
-        self.slab.at_mut(key.index).deadline = tick;
-        self.file_at(key.index, tick);
+        self.unlink(key.index());
+        self.slab.at_mut(key.index()).deadline = tick;
+        self.file_at(key.index(), tick);
         Ok(())
     }
 
     /// The entry's deadline in ticks.
     pub fn deadline_tick(&self, key: Key) -> Result<u64, Error> {
         self.slab
-            .get(key.index, key.generation)
+            .get(key.index(), key.generation())
             .map(|e| e.deadline)
             .ok_or(Error::StaleKey)
     }
 
     /// The entry's payload, if the key is live.
     pub fn get(&self, key: Key) -> Option<&T> {
-        self.slab.value(key.index, key.generation)
+        self.slab.value(key.index(), key.generation())
     }
 
     /// The entry's payload, mutably, if the key is live.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
-        self.slab.value_mut(key.index, key.generation)
+        self.slab.value_mut(key.index(), key.generation())
     }
 
     /// True when `key` names an entry still in the wheel.
     pub fn contains(&self, key: Key) -> bool {
-        self.slab.get(key.index, key.generation).is_some()
+        self.slab.get(key.index(), key.generation()).is_some()
     }
 
     /// Hands out one entry due at or before `now`, or `None` when nothing more is due. Call it until it
@@ -305,10 +355,7 @@ impl<T> Wheel<T> {
         loop {
             if let Some(index) = self.pending.pop() {
                 let entry = self.slab.at(index);
-                let key = Key {
-                    index,
-                    generation: entry.generation,
-                };
+                let key = Key::new(index, entry.generation);
                 let deadline_tick = entry.deadline;
                 let value = self.slab.free(index)?;
                 return Some(Expired {
@@ -331,13 +378,16 @@ impl<T> Wheel<T> {
 
     /// When to call `poll` next: the start of the earliest occupied slot (due entries: the current tick).
     /// `None` when the wheel is empty. Never later than the earliest deadline; may be earlier after lazy
-    /// resets.
+    /// resets and cancels.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.next_deadline_tick().map(|t| self.instant_of(t))
     }
 
     /// [`next_deadline`](Self::next_deadline) in ticks.
     pub fn next_deadline_tick(&self) -> Option<u64> {
+        if self.slab.len() == 0 {
+            return None;
+        }
         if !self.pending.is_empty() {
             return Some(self.elapsed);
         }
@@ -354,15 +404,17 @@ impl<T> Wheel<T> {
         let level = level_for(self.elapsed, when);
         let slot = slot_for(when, level);
         let pos = self.append(level, slot, index);
-        let entry = self.slab.at_mut(index);
-        entry.level = level as u8;
-        entry.slot = slot as u8;
-        entry.pos = pos;
+        self.slab.at_mut(index).set_place(Place {
+            level: level as u8,
+            slot: slot as u8,
+            pos,
+        });
     }
 
     /// Appends `index` to the list of (`level`, `slot`) and returns its position there.
     #[inline]
     fn append(&mut self, level: usize, slot: usize, index: u32) -> u32 {
+        self.make_room(level, slot);
         let list = &mut self.slots[level][slot];
         let pos = list.len() as u32;
         list.push(index);
@@ -374,43 +426,29 @@ impl<T> Wheel<T> {
     fn file_pending(&mut self, index: u32) {
         let pos = self.pending.len() as u32;
         self.pending.push(index);
-        let entry = self.slab.at_mut(index);
-        entry.level = PENDING;
-        entry.pos = pos;
+        self.slab.at_mut(index).set_place(Place {
+            level: PENDING,
+            slot: 0,
+            pos,
+        });
     }
 
-    /// Takes entry `index` out of whatever list holds it, in O(1), and marks it as listed nowhere.
+    /// Takes entry `index` out of whatever list holds it, in O(1), and marks it as listed nowhere. From
+    /// the pending list it is removed (`swap_remove`); in a slot list its index is left behind, stale
+    /// (it no longer matches the entry's place), and nothing there is touched.
     fn unlink(&mut self, index: u32) {
-        let (level, slot, pos) = {
-            let e = self.slab.at(index);
-            (e.level, e.slot, e.pos)
-        };
-        if level != VACANT && level != PENDING {
-            // Mark the entry as listed nowhere so that its tombstone is recognised.
-            self.slab.at_mut(index).level = PENDING;
-        }
-        self.leave(index, level, slot, pos);
-    }
-
-    /// Takes entry `index`, listed at (`level`, `slot`, `pos`), out of its list; the entry itself is not
-    /// touched (the caller has already marked it as listed nowhere, or freed it). From the pending list it
-    /// is removed (`swap_remove`); from a slot list it leaves a tombstone — no other entry is touched, which
-    /// keeps a cancel to one cache miss. A list whose entries are all gone is cleared; one that is mostly
-    /// tombstones is compacted (amortised O(1), see [`COMPACT_RATIO`]).
-    #[inline]
-    fn leave(&mut self, index: u32, level: u8, slot: u8, pos: u32) {
-        let slot = slot as usize & SLOT_MASK as usize;
-        let Some(dead) = self.dead.get_mut(level as usize) else {
-            if level == PENDING {
-                self.leave_pending(index, pos as usize);
-            }
+        let place = self.slab.at(index).place();
+        if place.level == VACANT {
             return;
-        };
-        let dead = &mut dead[slot];
-        *dead += 1;
-        let len = self.slots[level as usize][slot].len();
-        if needs_tidy(*dead as usize, len) {
-            self.tidy(level as usize, slot);
+        }
+        // Listed nowhere: no slot list position matches it any more.
+        self.slab.at_mut(index).set_place(Place {
+            level: PENDING,
+            slot: 0,
+            pos: NIL,
+        });
+        if place.level == PENDING {
+            self.leave_pending(index, place.pos as usize);
         }
     }
 
@@ -422,31 +460,73 @@ impl<T> Wheel<T> {
         }
         self.pending.swap_remove(pos);
         if let Some(&moved) = self.pending.get(pos) {
-            self.slab.at_mut(moved).pos = pos as u32;
+            self.slab.at_mut(moved).set_pos(pos as u32);
         }
     }
 
-    /// After a tombstone: empties a slot list whose last live entry left, or compacts one that is mostly
-    /// tombstones.
+    /// Before appending to list (`level`, `slot`): when the list is full (appending would grow its buffer)
+    /// and holds many stale indices, compacts it instead of growing it. Cancel and re-filing leave a list
+    /// untouched, so this is where stale indices go, the way a growing `Vec` pays for its copies:
+    /// compaction loads every listed entry and happens only once a list's buffer is full, which after
+    /// the previous compaction takes as many appends as about 1.25 times its live entries.
+    #[inline(always)]
+    fn make_room(&mut self, level: usize, slot: usize) {
+        let list = &self.slots[level][slot];
+        if list.len() == list.capacity() {
+            self.full(level, slot);
+        }
+    }
+
+    /// [`make_room`](Self::make_room) for a full list: compacts it if it is long and a sample of its
+    /// indices is at least [`STALE_SHARE`] stale (so a list is not scanned just to find that it has
+    /// nothing to drop, as when a wheel fills or a slot's entries cascade to lower levels), else lets it
+    /// grow the way a `Vec` does.
     #[cold]
     #[inline(never)]
-    fn tidy(&mut self, level: usize, slot: usize) {
-        if self.dead[level][slot] as usize >= self.slots[level][slot].len() {
-            self.slots[level][slot].clear();
-            self.dead[level][slot] = 0;
-            self.occupied[level] &= !(1 << slot);
-        } else {
+    fn full(&mut self, level: usize, slot: usize) {
+        if self.slots[level][slot].len() >= SCAN_MIN && self.looks_stale(level, slot) {
             self.compact(level, slot);
+        } else {
+            let list = &mut self.slots[level][slot];
+            list.reserve(list.len().max(1));
+        }
+    }
+
+    /// True when at least [`STALE_SHARE`] of [`SAMPLES`] evenly spaced indices of list (`level`, `slot`)
+    /// are stale. [`SAMPLES`] entry loads.
+    fn looks_stale(&self, level: usize, slot: usize) -> bool {
+        let list = &self.slots[level][slot];
+        let step = list.len() / SAMPLES;
+        let stale = (0..SAMPLES)
+            .map(|i| i * step)
+            .filter(|&pos| !self.listed_at(list[pos], level, slot, pos))
+            .count();
+        stale * STALE_SHARE.1 >= SAMPLES * STALE_SHARE.0
+    }
+
+    /// Drops every slot list's indices, all stale when the wheel holds no entry, giving back their
+    /// buffers beyond [`KEEP_LIST_CAPACITY`]. Visits only the occupied slots (a list holds indices only
+    /// while its slot is marked occupied), so emptying a small wheel stays cheap.
+    #[cold]
+    fn forget_stale(&mut self) {
+        for (level, lists) in self.slots.iter_mut().enumerate() {
+            let mut bits = std::mem::take(&mut self.occupied[level]);
+            while bits != 0 {
+                let list = &mut lists[bits.trailing_zeros() as usize];
+                list.clear();
+                list.shrink_to(KEEP_LIST_CAPACITY);
+                bits &= bits - 1;
+            }
         }
     }
 
     /// True when the entry at `index` really is at position `pos` of list (`level`, `slot`).
     fn listed_at(&self, index: u32, level: usize, slot: usize, pos: usize) -> bool {
-        let e = self.slab.at(index);
-        e.level as usize == level && e.slot as usize == slot && e.pos as usize == pos
+        let place = self.slab.at(index).place();
+        place.level as usize == level && place.slot as usize == slot && place.pos as usize == pos
     }
 
-    /// Drops the tombstones of one list, fixing the positions of the entries that stay.
+    /// Drops the stale indices of one list, fixing the positions of the entries that stay.
     fn compact(&mut self, level: usize, slot: usize) {
         let mut list = std::mem::take(&mut self.slots[level][slot]);
         let mut kept = 0;
@@ -454,16 +534,22 @@ impl<T> Wheel<T> {
             let index = list[read];
             if self.listed_at(index, level, slot, read) {
                 list[kept] = index;
-                self.slab.at_mut(index).pos = kept as u32;
+                self.slab.at_mut(index).set_pos(kept as u32);
                 kept += 1;
             }
         }
         list.truncate(kept);
-        // Room to reach the next compaction without growing even if a quarter more entries arrive than
-        // leave, and no more: a list that doubled on its way here gives the rest back.
-        list.shrink_to(COMPACT_RATIO * kept + kept / 4 + COMPACT_SLACK + 1);
+        // Room for about `COMPACT_RATIO` times the live entries (the next compaction comes when that is
+        // full). A list whose live entries dwindled gives the rest back, one left less than half free
+        // grows to it; one within that keeps its buffer, as it does in steady churn (moving a long list's
+        // buffer costs more than the difference is worth).
+        let room = COMPACT_RATIO * kept + kept / 4 + COMPACT_SLACK;
+        if list.capacity() > room + room / 4 {
+            list.shrink_to(room);
+        } else if kept * 2 > list.capacity() {
+            list.reserve_exact(room - kept);
+        }
         self.slots[level][slot] = list;
-        self.dead[level][slot] = 0;
     }
 
     /// The earliest occupied slot over all levels: `(level, slot, first tick)`.
@@ -486,11 +572,10 @@ impl<T> Wheel<T> {
     fn process_slot(&mut self, level: usize, slot: usize, start: u64, now: u64) {
         self.elapsed = self.elapsed.max(start);
         let mut list = std::mem::take(&mut self.slots[level][slot]);
-        self.dead[level][slot] = 0;
         self.occupied[level] &= !(1 << slot);
         for (pos, &index) in list.iter().enumerate() {
             if !self.listed_at(index, level, slot, pos) {
-                continue; // a tombstone
+                continue; // stale
             }
             let when = self.slab.at(index).deadline;
             if when <= now {
@@ -507,21 +592,22 @@ impl<T> Wheel<T> {
     }
 }
 
-/// A list is compacted once it is longer than `COMPACT_RATIO` times its live entries (plus
-/// [`COMPACT_SLACK`]). Compaction reads every listed entry, about `RATIO / (RATIO - 1)` entry reads per cancel
-/// (2 here); in exchange a list holds at most `RATIO - 1` tombstones (4 bytes each) per live entry, and
-/// compaction gives back the buffer a list grew on the way. With 4 and no give-back, a wheel of 1,000,000
-/// timers under steady cancel + insert churn grew from 41 to about 64 bytes per timer.
+/// A compacted list gets room for about `COMPACT_RATIO` times its live entries (plus a quarter, plus
+/// [`COMPACT_SLACK`]), and is compacted again when that room is full: about `RATIO / (RATIO - 1)` entry
+/// loads per departure (2 here) in exchange for at most `RATIO - 1` stale indices (4 bytes each) per live
+/// entry. With 4 (and no buffer given back), a wheel of 1,000,000 timers under steady cancel + insert churn
+/// grew from 41 to about 64 bytes per timer.
 const COMPACT_RATIO: usize = 2;
-/// Tombstones any list may hold before compaction is considered.
+/// Room beyond `COMPACT_RATIO` times the live entries that a compacted list gets.
 const COMPACT_SLACK: usize = 32;
-
-/// After a tombstone: true when a list of `len` indices, `dead` of them tombstones, is to be emptied (no
-/// live entry left) or compacted (longer than `COMPACT_RATIO` times its live entries plus the slack).
-#[inline]
-fn needs_tidy(dead: usize, len: usize) -> bool {
-    dead >= len || COMPACT_RATIO * dead > (COMPACT_RATIO - 1) * len + COMPACT_SLACK
-}
+/// Lists shorter than this are never scanned for stale indices, only grown: the most a short list can
+/// waste, and a short list is emptied soon anyway (its slot is near).
+const SCAN_MIN: usize = 1024;
+/// Indices of a full list checked to decide whether it is worth compacting (at most one sample per
+/// [`SCAN_MIN`] / `SAMPLES` appends since the list last filled up).
+const SAMPLES: usize = 32;
+/// `(a, b)`: a full list is compacted when at least `a / b` of the sampled indices are stale.
+const STALE_SHARE: (usize, usize) = (1, 4);
 
 /// Largest slot-list buffer (in entries) kept after its slot is emptied.
 const KEEP_LIST_CAPACITY: usize = 1024;

@@ -58,6 +58,25 @@ fn instants_round_deadline_up_and_now_down() {
 }
 
 #[test]
+fn a_key_is_one_word_and_so_is_an_optional_key() {
+    assert_eq!(std::mem::size_of::<Key>(), 8);
+    assert_eq!(std::mem::size_of::<Option<Key>>(), 8);
+    for (index, generation) in [(0, 0), (1, u32::MAX), (u32::MAX - 1, 7), (12345, 0)] {
+        let key = Key::new(index, generation);
+        assert_eq!((key.index(), key.generation()), (index, generation));
+    }
+    let none = Key(Key::NO_ENTRY);
+    assert_eq!((none.index(), none.generation()), (u32::MAX, 0));
+    let mut wheel = Wheel::new(Instant::now());
+    wheel.insert_at_tick(5, 1u64).unwrap();
+    assert_eq!(wheel.cancel(none), Err(Error::StaleKey));
+    assert_eq!(
+        format!("{:?}", Key::new(3, 9)),
+        "Key { index: 3, generation: 9 }"
+    );
+}
+
+#[test]
 fn stale_keys_are_errors_not_panics() {
     let start = Instant::now();
     let mut wheel = Wheel::new(start);
@@ -236,48 +255,249 @@ proptest! {
     }
 }
 
+/// Every position of every slot list holds either a stale index or the index of an entry whose place is
+/// exactly that list and position; returns the live positions per list.
+fn check_lists(wheel: &Wheel<u64>) -> usize {
+    let mut live = 0;
+    for (level, lists) in wheel.slots.iter().enumerate() {
+        for (slot, list) in lists.iter().enumerate() {
+            for (pos, &index) in list.iter().enumerate() {
+                if wheel.listed_at(index, level, slot, pos) {
+                    live += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        live,
+        wheel.len() - wheel.pending.len(),
+        "each live entry listed exactly once"
+    );
+    live
+}
+
 #[test]
-fn cancels_leave_tombstones_that_compaction_and_expiry_skip() {
+fn cancel_leaves_the_list_alone_and_a_full_list_is_compacted() {
     let start = Instant::now();
     let mut wheel = Wheel::new(start);
     // 2,000 entries in the same level-2 slot (ticks 8192..12287).
     let keys: Vec<Key> = (0..2000u64)
         .map(|i| wheel.insert_at_tick(8192 + (i * 7) % 4096, i).unwrap())
         .collect();
-    let slot_list = |w: &Wheel<u64>| w.slots[2][2].len();
-    assert_eq!(slot_list(&wheel), 2000);
-    // Cancel 1,900 in a scattered order: the list is compacted on the way, never left mostly dead.
+    let list_len = |w: &Wheel<u64>| w.slots[2][2].len();
+    assert_eq!(list_len(&wheel), 2000);
+    // Cancel 1,900 in a scattered order: the list is not touched.
     let mut cancelled = std::collections::HashSet::new();
     for j in 0..1900u64 {
         let i = (j * 1013) % 2000;
         assert!(cancelled.insert(i));
         assert_eq!(wheel.cancel(keys[i as usize]), Ok(i));
-        assert!(
-            slot_list(&wheel)
-                <= COMPACT_RATIO * (wheel.slots[2][2].len() - wheel.dead[2][2] as usize)
-                    + COMPACT_SLACK
-        );
     }
-    // Re-file some survivors earlier within the same slot, and recycle cancelled entries into it.
+    assert_eq!(list_len(&wheel), 2000, "cancel does not touch the list");
+    assert_eq!(check_lists(&wheel), 100);
+    // Re-file some survivors earlier within the same slot (appended again: their old index goes stale),
+    // and recycle cancelled entries into it until its buffer is full and it is compacted.
     let survivors: Vec<u64> = (0..2000).filter(|i| !cancelled.contains(i)).collect();
     for &i in survivors.iter().take(20) {
         wheel.reset_to_tick(keys[i as usize], 8192).unwrap();
     }
-    let fresh: Vec<Key> = (0..50u64)
-        .map(|i| wheel.insert_at_tick(9000 + i, 10_000 + i).unwrap())
+    assert_eq!(check_lists(&wheel), 100);
+    let capacity = wheel.slots[2][2].capacity();
+    let fresh_count = (capacity - list_len(&wheel) + 1) as u64;
+    let fresh: Vec<Key> = (0..fresh_count)
+        .map(|i| wheel.insert_at_tick(9000 + i % 3000, 10_000 + i).unwrap())
         .collect();
-    assert_eq!(wheel.len(), 100 + 50);
+    let live = 100 + fresh_count as usize;
+    assert_eq!(wheel.len(), live);
+    assert_eq!(
+        list_len(&wheel),
+        live,
+        "the full list was compacted down to its live entries before growing"
+    );
+    assert!(wheel.slots[2][2].capacity() <= COMPACT_RATIO * live + COMPACT_SLACK + 64);
+    assert_eq!(
+        check_lists(&wheel),
+        live,
+        "compaction fixed the moved entries' positions"
+    );
     let mut fired: Vec<u64> = drain(&mut wheel, 20_000)
         .into_iter()
         .map(|(v, _)| v)
         .collect();
     fired.sort_unstable();
     let mut want: Vec<u64> = survivors.clone();
-    want.extend(10_000..10_050);
+    want.extend(10_000..10_000 + fresh_count);
     assert_eq!(
         fired, want,
-        "every live entry fires once; no tombstone fires"
+        "every live entry fires once; no stale index fires"
     );
     assert!(fresh.iter().all(|k| !wheel.contains(*k)));
     assert!(wheel.is_empty());
+}
+
+#[test]
+fn an_index_freed_and_reused_in_the_same_list_fires_once() {
+    let mut wheel = Wheel::new(Instant::now());
+    let other = wheel.insert_at_tick(5000, 0u64).unwrap();
+    let a = wheel.insert_at_tick(100, 1).unwrap();
+    assert_eq!(wheel.cancel(a), Ok(1));
+    // Same slab index (the free list is LIFO), same level-1 slot, later position: the list holds the
+    // index twice, and only the second position matches the entry.
+    let b = wheel.insert_at_tick(101, 2).unwrap();
+    assert_eq!(b.index(), a.index());
+    assert_eq!(wheel.slots[1][1].len(), 2);
+    assert_eq!(check_lists(&wheel), 2);
+    assert_eq!(drain(&mut wheel, 200), [(2, 101)]);
+    assert_eq!(wheel.cancel(other), Ok(0));
+    assert!(wheel.is_empty());
+    assert_eq!(wheel.cancel(a), Err(Error::StaleKey));
+}
+
+#[test]
+fn an_index_freed_and_reused_in_another_list_does_not_fire_from_the_old_one() {
+    let mut wheel = Wheel::new(Instant::now());
+    let a = wheel.insert_at_tick(100, 1u64).unwrap();
+    let keep = wheel.insert_at_tick(110, 3).unwrap();
+    assert_eq!(wheel.cancel(a), Ok(1));
+    let b = wheel.insert_at_tick(5000, 2).unwrap();
+    assert_eq!(b.index(), a.index());
+    assert_eq!(check_lists(&wheel), 2);
+    // The old list (level 1, slot 1) still holds the index: emptying it skips it.
+    assert_eq!(drain(&mut wheel, 200), [(3, 110)]);
+    assert!(!wheel.contains(keep));
+    assert!(wheel.contains(b));
+    assert_eq!(drain(&mut wheel, 4999), []);
+    assert_eq!(drain(&mut wheel, 5000), [(2, 5000)]);
+}
+
+#[test]
+fn a_timer_moved_earlier_fires_once_from_its_new_list() {
+    let mut wheel = Wheel::new(Instant::now());
+    let k = wheel.insert_at_tick(5000, 7u64).unwrap();
+    wheel.reset_to_tick(k, 100).unwrap();
+    wheel.reset_to_tick(k, 90).unwrap();
+    // Listed three times (level 2, then twice level 1), live once.
+    assert_eq!(check_lists(&wheel), 1);
+    assert_eq!(drain(&mut wheel, 10_000), [(7, 90)]);
+    assert!(wheel.is_empty());
+    // And a timer moved out of the pending list leaves it.
+    let d = wheel.insert_at_tick(5, 8).unwrap();
+    let e = wheel.insert_at_tick(6, 9).unwrap();
+    wheel.reset_to_tick(d, 20_000).unwrap();
+    assert_eq!(wheel.pending, [e.index()]);
+    assert_eq!(drain(&mut wheel, 20_000), [(8, 20_000), (9, 6)]);
+}
+
+#[test]
+fn steady_churn_keeps_lists_within_the_compaction_bound() {
+    let mut wheel = Wheel::new(Instant::now());
+    let mut keys: Vec<Key> = (0..5000u64)
+        .map(|i| wheel.insert_at_tick(8192 + i % 4096, i).unwrap())
+        .collect();
+    let mut x = 12345u64;
+    for n in 0..100_000u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let victim = (x >> 33) as usize % keys.len();
+        wheel.cancel(keys[victim]).unwrap();
+        keys[victim] = wheel.insert_at_tick(8192 + (x >> 20) % 4096, n).unwrap();
+        let list = &wheel.slots[2][2];
+        assert!(
+            list.capacity() <= (COMPACT_RATIO + 1) * 5000,
+            "list of {} ({} room) for 5000 live",
+            list.len(),
+            list.capacity()
+        );
+    }
+    assert_eq!(check_lists(&wheel), 5000);
+    assert_eq!(drain(&mut wheel, 20_000).len(), 5000);
+}
+
+#[test]
+fn an_emptied_wheel_reports_no_deadline_and_forgets_its_lists() {
+    let mut wheel = Wheel::new(Instant::now());
+    let keys: Vec<Key> = (0..3000u64)
+        .map(|i| wheel.insert_at_tick(100 + i, i).unwrap())
+        .collect();
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        wheel.cancel(*k).unwrap();
+        assert!(wheel.next_deadline_tick().is_some(), "{i}");
+    }
+    wheel.cancel(keys[0]).unwrap();
+    assert_eq!(wheel.next_deadline_tick(), None);
+    assert!(wheel.slots.iter().flatten().all(Vec::is_empty));
+    assert_eq!(drain(&mut wheel, 1 << 20), []);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Cancels, inserts and resets (earlier and later) on a few long level-2 lists, so that full lists
+    /// are compacted along the way (the oracle test's lists are too short for that): every list position
+    /// stays stale or matches its entry, and draining hands out exactly the oracle's entries, each once.
+    #[test]
+    fn compaction_under_churn_agrees_with_the_oracle(
+        seed in any::<u64>(),
+        slots in 1u64..3,
+        ops in 6000usize..12000,
+    ) {
+        let mut wheel: Wheel<u64> = Wheel::new(Instant::now());
+        let mut oracle: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut keys: Vec<(u64, Key)> = Vec::new();
+        let mut x = seed | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let span = slots * 4096;
+        let mut id = 0u64;
+        let mut appended = 3000usize;
+        for _ in 0..3000 {
+            let at = 8192 + next() % span;
+            keys.push((id, wheel.insert_at_tick(at, id).unwrap()));
+            oracle.insert(id, at);
+            id += 1;
+        }
+        for _ in 0..ops {
+            let r = next();
+            let victim = (r >> 8) as usize % keys.len();
+            let (vid, vkey) = keys[victim];
+            match r % 8 {
+                0..=5 => {
+                    prop_assert_eq!(wheel.cancel(vkey), Ok(vid));
+                    oracle.remove(&vid);
+                    let at = 8192 + next() % span;
+                    keys[victim] = (id, wheel.insert_at_tick(at, id).unwrap());
+                    oracle.insert(id, at);
+                    id += 1;
+                    appended += 1;
+                }
+                6 => {
+                    let at = 8192 + next() % span;
+                    prop_assert_eq!(wheel.reset_to_tick(vkey, at), Ok(()));
+                    if oracle.insert(vid, at).is_some_and(|old| at < old) {
+                        appended += 1; // re-filed at once
+                    }
+                }
+                _ => {
+                    let at = 8192 + next() % span;
+                    keys.push((id, wheel.insert_at_tick(at, id).unwrap()));
+                    oracle.insert(id, at);
+                    id += 1;
+                    appended += 1;
+                }
+            }
+        }
+        prop_assert_eq!(check_lists(&wheel), oracle.len());
+        let listed: usize = wheel.slots.iter().flatten().map(Vec::len).sum();
+        prop_assert!(listed < appended, "no list was compacted: {} listed, {} appended", listed, appended);
+        let got = drain(&mut wheel, 1 << 20);
+        let mut want: Vec<(u64, u64)> = oracle.into_iter().collect();
+        want.sort_unstable();
+        prop_assert_eq!(got, want);
+        prop_assert!(wheel.is_empty());
+    }
 }
