@@ -123,6 +123,10 @@ pub(crate) struct Loop {
     fleet_waiting: HashMap<usize, (u32, std::collections::VecDeque<(u64, Bytes)>)>,
     /// Fleet: when this loop next refreshes its sessions' leases and presence in the store.
     next_touch: Instant,
+    /// Bytes read and written in this turn of the loop, added to the metrics once per turn (not
+    /// per heartbeat).
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Loop {
@@ -193,6 +197,8 @@ impl Loop {
             touched: Vec::new(),
             fleet_waiting: HashMap::new(),
             next_touch: Instant::now(),
+            bytes_in: 0,
+            bytes_out: 0,
             shared,
         })
     }
@@ -265,6 +271,17 @@ impl Loop {
             self.service_touched(now);
             self.purge_sessions(now);
             self.touch_sessions(now);
+            self.count_bytes();
+        }
+    }
+
+    /// Adds this turn's bytes to the metrics.
+    fn count_bytes(&mut self) {
+        if self.bytes_in > 0 {
+            metrics::counter!(m::BYTES_IN).increment(std::mem::take(&mut self.bytes_in));
+        }
+        if self.bytes_out > 0 {
+            metrics::counter!(m::BYTES_OUT).increment(std::mem::take(&mut self.bytes_out));
         }
     }
 
@@ -459,7 +476,7 @@ impl Loop {
                 proto.handle_input_buf(now, buf);
                 !proto.is_closed()
             });
-            metrics::counter!(m::BYTES_IN).increment(n as u64);
+            self.bytes_in += n as u64;
             if more {
                 self.reread.push((idx, *generation, read_closed));
             }
@@ -502,7 +519,7 @@ impl Loop {
                 }
             },
         });
-        metrics::counter!(m::BYTES_IN).increment(n as u64);
+        self.bytes_in += n as u64;
         if filled && ended.is_none() && !conn.proto.is_closed() {
             // A read filled the scratch buffer: data is streaming in. Further reads go into a buffer
             // of the connection's own (see `read_bulk`).
@@ -994,7 +1011,7 @@ impl Loop {
         };
         // After an error, what was gathered for this connection must not go to the next one.
         self.outbox.clear();
-        metrics::counter!(m::BYTES_OUT).increment(written as u64);
+        self.bytes_out += written as u64;
         if let Err(reason) = result {
             conn.break_with(reason);
             return;
@@ -1482,6 +1499,7 @@ impl Loop {
             }
             self.teardown(idx, now);
         }
+        self.count_bytes();
     }
 }
 
