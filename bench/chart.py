@@ -14,6 +14,9 @@ COLORS = {
     "mosquitto": "#d62728",
     "floor (C epoll, MQTT)": "#7f7f7f",
     "floor (C epoll, vitals frames)": "#bcbd22",
+    "vitals --codec json": "#2ca02c",
+    "tokio task per conn (JSON)": "#ff7f0e",
+    "floor (C epoll, JSON)": "#8c564b",
 }
 
 

@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Read buffer and reply size (in the task's future, not on the heap).
 const BUF: usize = 256;
@@ -62,8 +62,14 @@ async fn serve(mut stream: TcpStream) {
     }
 }
 
+/// Listen backlog (as the C floor's): a load generator opens connections in batches of hundreds.
+const BACKLOG: u32 = 4096;
+
 async fn run(port: u16) -> std::io::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+    let listener = socket.listen(BACKLOG)?;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
