@@ -100,6 +100,9 @@ pub(crate) struct BenchArgs {
     /// Internal: a child's source addresses, comma-separated.
     #[arg(long, hide = true, value_delimiter = ',')]
     child_sources: Vec<IpAddr>,
+    /// Internal: how long a child's connect phase may last (the ramp of all children together).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    child_ramp: Option<Duration>,
 }
 
 /// A checked plan for one run.

@@ -56,9 +56,11 @@ fn main() -> ExitCode {
         eprintln!("vitals: cannot set up logging: {e:#}");
         return ExitCode::from(2);
     }
-    // A bench child (one of many processes of `vitals bench --processes`) runs on one thread: dozens of
-    // them share the machine's cores.
-    let one_thread = matches!(&cli.command, Command::Bench(b) if b.child);
+    // A bench child (one of many processes of `vitals bench --processes`) and a worker of
+    // `vitals serve --processes` run their tokio side on one thread: dozens of them share the
+    // machine's cores (a worker's event loops have threads of their own).
+    let one_thread = matches!(&cli.command, Command::Bench(b) if b.child)
+        || matches!(&cli.command, Command::Serve(_) if serve::supervisor::Worker::is_this_process());
     let built = if one_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -160,6 +160,28 @@ fn parse_kernel_memory(meminfo: &str, sockstat: &str) -> Option<KernelMemory> {
     })
 }
 
+/// Bytes held by the objects in use of every slab cache (`active_objs × objsize` in /proc/slabinfo),
+/// by cache name; `None` where /proc/slabinfo cannot be read (it needs root).
+pub(crate) fn slab_caches() -> Option<std::collections::BTreeMap<String, u64>> {
+    parse_slabinfo(&std::fs::read_to_string("/proc/slabinfo").ok()?)
+}
+
+fn parse_slabinfo(text: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let mut caches = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with("slabinfo") && !l.starts_with('#'))
+    {
+        let mut f = line.split_whitespace();
+        let name = f.next()?;
+        let active: u64 = f.next()?.parse().ok()?;
+        let _total = f.next()?;
+        let size: u64 = f.next()?.parse().ok()?;
+        *caches.entry(name.to_string()).or_insert(0) += active * size;
+    }
+    Some(caches)
+}
+
 /// The open-file limit after raising the soft limit to the hard one where allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileLimit {
@@ -299,6 +321,10 @@ mod tests {
         assert_eq!(k.tcp_sockets, 4);
         assert_eq!(k.tcp_buffers, 3 * rustix::param::page_size() as u64);
         assert!(kernel_memory().is_ok());
+        let slabinfo = "slabinfo - version: 2.1\n# name <active_objs> <num_objs> <objsize> …\nTCP 79 130 2368 13 8 : tunables 0 0 0 : slabdata 10 10 0\nfilp 807 945 192 21 1 : tunables 0 0 0 : slabdata 45 45 0\n";
+        let caches = parse_slabinfo(slabinfo).unwrap();
+        assert_eq!(caches.get("TCP"), Some(&(79 * 2368)));
+        assert_eq!(caches.get("filp"), Some(&(807 * 192)));
         // The tree of this test's process holds itself and a child it starts.
         let me = std::process::id();
         let mut child = std::process::Command::new("sleep")

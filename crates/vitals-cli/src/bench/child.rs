@@ -38,6 +38,8 @@ pub(crate) struct ChildReport {
     pub(crate) rtt: String,
     /// This process's RSS in bytes.
     pub(crate) rss: u64,
+    /// CPU seconds (user + system) this process used since `measure`.
+    pub(crate) cpu_s: f64,
 }
 
 /// What a child says once its connect phase is over.
@@ -80,7 +82,10 @@ pub(crate) async fn run(args: &BenchArgs, sources: Vec<IpAddr>) -> anyhow::Resul
     let load = Load::start(&spec)?;
     let stats = std::sync::Arc::clone(&load.stats);
     let mut last_progress = Instant::now();
-    load.wait_settled(spec.n, spec.connect_deadline(started), || {
+    let deadline = args
+        .child_ramp
+        .map_or_else(|| spec.connect_deadline(started), |r| started + r);
+    load.wait_settled(spec.n, deadline, || {
         if last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
             let _ = say(&serde_json::json!({
@@ -100,6 +105,8 @@ pub(crate) async fn run(args: &BenchArgs, sources: Vec<IpAddr>) -> anyhow::Resul
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut base = stats.heartbeats();
+    let me = std::process::id();
+    let mut cpu_base = sys::cpu_time(me).unwrap_or_default();
     loop {
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,
@@ -108,6 +115,7 @@ pub(crate) async fn run(args: &BenchArgs, sources: Vec<IpAddr>) -> anyhow::Resul
         match line.trim() {
             "measure" => {
                 base = stats.heartbeats();
+                cpu_base = sys::cpu_time(me).unwrap_or_default();
                 stats.measuring.store(true, Ordering::Relaxed);
             }
             "report" => {
@@ -121,7 +129,11 @@ pub(crate) async fn run(args: &BenchArgs, sources: Vec<IpAddr>) -> anyhow::Resul
                     lost_reasons: stats.lost_reasons(),
                     ended: stats.ended(),
                     rtt: crate::hist::encode(&stats.rtt()?)?,
-                    rss: sys::rss_bytes(std::process::id()).unwrap_or(0),
+                    rss: sys::rss_bytes(me).unwrap_or(0),
+                    cpu_s: sys::cpu_time(me)
+                        .unwrap_or_default()
+                        .saturating_sub(cpu_base)
+                        .as_secs_f64(),
                 })?;
             }
             "stop" => break,

@@ -286,17 +286,19 @@ impl Load {
         }
     }
 
-    /// Closes every connection orderly, bounded: tasks still closing after 5 s are aborted.
+    /// Closes every connection orderly, bounded: tasks still closing after 5 s (plus 1 s per 2,000
+    /// connections) are aborted.
     pub(crate) async fn stop(mut self) {
         let _ = self.mode.send(Mode::Stop);
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let bound = Duration::from_secs(5) + Duration::from_millis(self.tasks.len() as u64 / 2);
+        let closed = tokio::time::timeout(bound, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
         if closed.is_err() {
             tracing::warn!(
                 left = self.tasks.len(),
-                "connections still closing after 5 s; aborting them"
+                "connections still closing after {bound:?}; aborting them"
             );
             self.tasks.abort_all();
         }

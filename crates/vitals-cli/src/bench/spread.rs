@@ -122,6 +122,13 @@ impl Drop for Thaw {
     }
 }
 
+/// How long the ramp of `n` connections may take in all: they open at whatever rate the machine
+/// allows, while the ones already open heartbeat (a bound, not an expectation: 1,000,000 may take
+/// 560 s).
+fn ramp_bound(n: u32) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(u64::from(n) / 2)
+}
+
 /// Starts one child for `share`.
 fn spawn(
     args: &BenchArgs,
@@ -153,6 +160,10 @@ fn spawn(
         .args(["--codec", codec])
         .args(["--connect-concurrency", &concurrency.to_string()])
         .args(["--child-sources", &sources.join(",")])
+        .args([
+            "--child-ramp",
+            &humantime::format_duration(ramp_bound(args.connections)).to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -393,6 +404,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let n = args.connections;
     let concurrency = (args.connect_concurrency / plan.len()).max(1);
     let kernel_before = sys::kernel_memory().ok();
+    let slab_before = sys::slab_caches();
     let rss_before = match args.server_pid {
         Some(pid) => Some(sys::tree_rss_bytes(pid)?),
         None => None,
@@ -406,23 +418,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         kids.push(spawn(args, server, share, concurrency, i, tx.clone())?);
     }
     drop(tx);
-    let ramp_deadline = kids
-        .iter()
-        .map(|k| {
-            super::load::LoadSpec {
-                server,
-                n: k.share.n,
-                sources: Vec::new(),
-                codec: args.timing.codec,
-                interval: args.timing.interval,
-                timeout: args.timing.timeout,
-                concurrency,
-            }
-            .connect_deadline(started)
-        })
-        .max()
-        .unwrap_or(started)
-        + Duration::from_secs(30);
+    let ramp_deadline = started + ramp_bound(n) + Duration::from_secs(30);
     let progress = bar(
         u64::from(n),
         "connecting {bar:30.cyan/blue} {pos}/{len} {per_sec}",
@@ -451,6 +447,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     // Let the handshakes' transient allocations settle before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let kernel_after = sys::kernel_memory().ok();
+    let slab_after = sys::slab_caches();
     let rss_after = match args.server_pid {
         Some(pid) => Some(sys::tree_rss_bytes(pid)?),
         None => None,
@@ -530,7 +527,9 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         cpu: cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
         kernel_before,
         kernel_after,
+        slab_growth: slab_growth(slab_before, slab_after),
         bench_rss: window.iter().map(|r| r.rss).sum(),
+        bench_cpu_s: window.iter().map(|r| r.cpu_s).sum(),
         freeze,
     };
     if args.json {
@@ -543,6 +542,27 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The slab caches whose objects grew most between two readings (at most 10, largest first).
+fn slab_growth(
+    before: Option<BTreeMap<String, u64>>,
+    after: Option<BTreeMap<String, u64>>,
+) -> Vec<(String, i64)> {
+    let (Some(before), Some(after)) = (before, after) else {
+        return Vec::new();
+    };
+    let mut grown: Vec<(String, i64)> = after
+        .iter()
+        .map(|(name, b)| {
+            let a = before.get(name).copied().unwrap_or(0);
+            (name.clone(), *b as i64 - a as i64)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    grown.sort_by(|x, y| y.1.cmp(&x.1));
+    grown.truncate(10);
+    grown
 }
 
 /// Everything a spread run measured.
@@ -569,7 +589,11 @@ struct SpreadReport {
     cpu: Option<Duration>,
     kernel_before: Option<KernelMemory>,
     kernel_after: Option<KernelMemory>,
+    /// The slab caches that grew most over the ramp: (name, bytes).
+    slab_growth: Vec<(String, i64)>,
     bench_rss: u64,
+    /// CPU seconds the bench children used in the window.
+    bench_cpu_s: f64,
     freeze: Option<Freeze>,
 }
 
@@ -658,7 +682,13 @@ impl SpreadReport {
             "kernel_before": self.kernel_before,
             "kernel_after": self.kernel_after,
             "kernel_per_connection_bytes_both_ends": self.kernel_per_conn(),
+            "slab_growth_per_connection_bytes": self
+                .slab_growth
+                .iter()
+                .map(|(name, d)| (name.clone(), serde_json::json!(self.per_conn(*d))))
+                .collect::<serde_json::Map<_, _>>(),
             "bench_rss_bytes": self.bench_rss,
+            "bench_cpu_seconds": self.bench_cpu_s,
             "freeze": self.freeze,
         })
     }
@@ -719,6 +749,18 @@ impl SpreadReport {
                 fmt_bytes(a.tcp_buffers),
                 fmt_bytes(b.tcp_buffers)
             );
+            if !self.slab_growth.is_empty() {
+                let top: Vec<String> = self
+                    .slab_growth
+                    .iter()
+                    .take(6)
+                    .map(|(name, d)| format!("{name} {:.0}", self.per_conn(*d)))
+                    .collect();
+                println!(
+                    "          grown most, bytes per connection: {}",
+                    top.join(", ")
+                );
+            }
         }
         if let Some(cpu) = self.cpu {
             println!(
@@ -732,9 +774,11 @@ impl SpreadReport {
             );
         }
         println!(
-            "  bench processes: RSS {} ({:.0} bytes per connection)",
+            "  bench processes: RSS {} ({:.0} bytes per connection), CPU {:.2} s in the window ({:.2} µs per heartbeat)",
             fmt_bytes(self.bench_rss),
-            self.per_conn(self.bench_rss as i64)
+            self.per_conn(self.bench_rss as i64),
+            self.bench_cpu_s,
+            self.bench_cpu_s * 1e6 / self.heartbeats().max(1) as f64
         );
         println!("  lost connections in the window: {}", self.lost_in_window);
         for r in &self.lost_reasons {

@@ -71,6 +71,11 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Whether a supervisor started this process as its worker.
+    pub(crate) fn is_this_process() -> bool {
+        std::env::var_os(WORKER_ENV).is_some()
+    }
+
     /// The worker this process is, if its supervisor said so.
     pub(crate) fn from_env() -> anyhow::Result<Option<Worker>> {
         match std::env::var(WORKER_ENV) {

@@ -127,6 +127,9 @@ pub(crate) struct Loop {
     /// per heartbeat).
     bytes_in: u64,
     bytes_out: u64,
+    /// Timers of this turn that fired late (local stalls), and the latest of them.
+    stalls: u64,
+    stall_worst: Duration,
 }
 
 impl Loop {
@@ -199,6 +202,8 @@ impl Loop {
             next_touch: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
+            stalls: 0,
+            stall_worst: Duration::ZERO,
             shared,
         })
     }
@@ -271,12 +276,23 @@ impl Loop {
             self.service_touched(now);
             self.purge_sessions(now);
             self.touch_sessions(now);
-            self.count_bytes();
+            self.end_turn();
         }
     }
 
-    /// Adds this turn's bytes to the metrics.
-    fn count_bytes(&mut self) {
+    /// Adds this turn's bytes and local stalls to the metrics, and logs the stalls (one line).
+    fn end_turn(&mut self) {
+        if self.stalls > 0 {
+            let (n, worst) = (std::mem::take(&mut self.stalls), self.stall_worst);
+            self.stall_worst = Duration::ZERO;
+            metrics::counter!(m::LOCAL_STALLS).increment(n);
+            tracing::warn!(
+                shard = self.shard,
+                timers = n,
+                late_by = ?worst,
+                "local stall: timers fired late; no conviction"
+            );
+        }
         if self.bytes_in > 0 {
             metrics::counter!(m::BYTES_IN).increment(std::mem::take(&mut self.bytes_in));
         }
@@ -732,12 +748,10 @@ impl Loop {
                 }
                 Event::Suspect { phi } => Some(ServerEvent::Suspect { conn: id, phi }),
                 Event::Stalled { late_by } => {
-                    metrics::counter!(m::LOCAL_STALLS).increment(1);
-                    tracing::warn!(
-                        shard = self.shard,
-                        ?late_by,
-                        "local stall: timer fired late; no conviction"
-                    );
+                    // Counted here, logged once per turn: a starved loop finds many late timers at
+                    // once, and a line for each would add to the starvation.
+                    self.stalls += 1;
+                    self.stall_worst = self.stall_worst.max(late_by);
                     None
                 }
                 Event::PingStrike { strikes } => {
@@ -1499,7 +1513,7 @@ impl Loop {
             }
             self.teardown(idx, now);
         }
-        self.count_bytes();
+        self.end_turn();
     }
 }
 
