@@ -560,7 +560,7 @@ fn slab_growth(
         })
         .filter(|(_, d)| *d > 0)
         .collect();
-    grown.sort_by(|x, y| y.1.cmp(&x.1));
+    grown.sort_by_key(|g| std::cmp::Reverse(g.1));
     grown.truncate(10);
     grown
 }
