@@ -138,11 +138,15 @@ print("  grown most (B per connection): " + ", ".join(f"{k} {v:.0f}" for k, v in
       sorted(r["slab_growth_per_connection_bytes"].items(), key=lambda kv: -kv[1])[:8]))
 print(f"server CPU: {r['server_cpu_seconds']:.1f} s = {r['server_cpu_per_heartbeat_us']:.2f} us per heartbeat, "
       f"{r['server_cpu_per_connection_second_ns']:.1f} ns per connection-second")
-print(f"bench RSS: {r['bench_rss_bytes'] / 2**20:.0f} MiB")
+print(f"bench RSS: {r['bench_rss_bytes'] / 2**20:.0f} MiB, bench CPU {r['bench_cpu_seconds']:.1f} s "
+      f"({r['bench_cpu_seconds'] * 1e6 / max(r['heartbeats'], 1):.2f} us per heartbeat)")
 if f:
-    print(f"freeze: {f['frozen']} frozen, convicted {f['convicted']} (first {f['first_s']} s, half {f['half_s']} s, "
-          f"all {f['all_s']} s; right between {f['expected_s'][0]:.0f} and {f['expected_s'][1]:.0f} s), "
+    s = lambda v: "-" if v is None else f"{v:.0f} s"
+    print(f"freeze: {f['frozen']} frozen, convicted {f['convicted']} (first {s(f['first_s'])}, half {s(f['half_s'])}, "
+          f"90 % {s(f['p90_s'])}, 99 % {s(f['p99_s'])}, all {s(f['all_s'])} after SIGSTOP; "
+          f"{f['in_window']} within {f['expected_s'][0]:.0f}-{f['expected_s'][1]:.0f} s), "
           f"extra convictions {f['extra_convictions']}, live lost {f['live_lost']}, frozen ended {f['frozen_ended']}")
+    print("  convictions by second after SIGSTOP: " + " ".join(f"{t:.0f}:{c}" for t, c in f["timeline"] if c))
 PY
 # The kernel's per-connection share from the slab caches that hold socket objects (both ends), read in
 # the middle of the window. Something on this machine walks /proc/*/fd (proc_inode_cache grows by

@@ -72,7 +72,8 @@ pub(crate) struct ServeArgs {
     echo: bool,
     /// Client-driven heartbeats: answer clients' pings and probe only after 1.25 × interval of
     /// silence, instead of also pinging after `interval` (one ping/pong per interval instead of up to
-    /// two; see docs/LIVENESS.md for when not to) [env: VITALS_CLIENT_DRIVEN].
+    /// two; see docs/LIVENESS.md for when not to). With `--codec json` the server never pings anyway
+    /// (classic clients drive their heartbeat and do not answer) [env: VITALS_CLIENT_DRIVEN].
     #[arg(long)]
     client_driven: bool,
     /// Keep sessions in Redis, shared by every server given the same URL (a fleet, docs/FLEET.md):

@@ -10,6 +10,7 @@ use crate::error::{Backpressure, JsonError};
 use crate::frame::CloseCode;
 use crate::json::{
     JsonDecoder, JsonMessage, Scanner, classify, encode_json_ping, encode_json_pong,
+    heartbeat_at_start,
 };
 use crate::liveness::{Liveness, Pinging};
 use crate::policy::PingVerdict;
@@ -276,6 +277,15 @@ impl Json {
             let Some(rest) = data.get(i..).filter(|r| !r.is_empty()) else {
                 return;
             };
+            if let Some((msg, len)) = heartbeat_at_start(rest, &limits) {
+                // The common read: a short heartbeat, recognised without the general scanner.
+                i += len;
+                self.on_message(now, msg);
+                if self.closed {
+                    return;
+                }
+                continue;
+            }
             let window = rest.get(..max).unwrap_or(rest);
             let mut scanner = Scanner::default();
             let (mut start, mut pos) = (0, 0);

@@ -281,6 +281,13 @@ struct Freeze {
     first_s: Option<f64>,
     half_s: Option<f64>,
     all_s: Option<f64>,
+    /// Seconds from SIGSTOP until 90 % and 99 % of the frozen were convicted.
+    p90_s: Option<f64>,
+    p99_s: Option<f64>,
+    /// Convicted within the window where a conviction is right (`expected_s`).
+    in_window: Option<u64>,
+    /// (seconds after SIGSTOP, convictions so far), one reading a second.
+    timeline: Vec<(f64, u64)>,
     /// The window in which a conviction is right: `timeout − interval` to `timeout` after the freeze
     /// (the last heartbeat was at most one interval before it), plus the 1 s the watch polls at.
     expected_s: (f64, f64),
@@ -319,6 +326,7 @@ async fn freeze(
     let t0 = Instant::now();
     let deadline = t0 + timeout + interval + Duration::from_secs(30);
     let (mut first, mut half, mut all, mut last) = (None, None, None, None);
+    let mut timeline = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let t = t0.elapsed().as_secs_f64();
@@ -327,6 +335,7 @@ async fn freeze(
                 Ok(c) => {
                     let new = c.saturating_sub(b);
                     last = Some(new);
+                    timeline.push((t, new));
                     progress.set_position(new.min(frozen));
                     progress.set_message(format!("{t:.0} s after SIGSTOP"));
                     if new > 0 && first.is_none() {
@@ -367,16 +376,35 @@ async fn freeze(
         .map(|r| r.lost)
         .sum();
     let slack = 1.0;
+    let expected_s = (
+        (timeout.saturating_sub(interval)).as_secs_f64() - slack,
+        timeout.as_secs_f64() + slack,
+    );
+    let reached = |share: f64| {
+        timeline
+            .iter()
+            .find(|(_, c)| *c as f64 >= share * frozen as f64)
+            .map(|(t, _)| *t)
+    };
+    let by = |limit: f64| {
+        timeline
+            .iter()
+            .take_while(|(t, _)| *t <= limit)
+            .last()
+            .map_or(0, |(_, c)| *c)
+    };
+    let in_window = (!timeline.is_empty()).then(|| by(expected_s.1) - by(expected_s.0));
     Ok(Some(Freeze {
         frozen,
         convicted: last,
         first_s: first,
         half_s: half,
         all_s: all,
-        expected_s: (
-            (timeout.saturating_sub(interval)).as_secs_f64() - slack,
-            timeout.as_secs_f64() + slack,
-        ),
+        p90_s: reached(0.9),
+        p99_s: reached(0.99),
+        in_window,
+        timeline,
+        expected_s,
         frozen_ended,
         live_lost,
         extra_convictions: last.map(|c| c.saturating_sub(frozen)),
@@ -787,14 +815,17 @@ impl SpreadReport {
         if let Some(f) = &self.freeze {
             let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} s"));
             println!(
-                "  freeze: {} connections frozen (SIGSTOP); the server convicted {} (first {}, half {}, all {} after the freeze; right between {:.0} and {:.0} s), watched {:.0} s",
+                "  freeze: {} connections frozen (SIGSTOP); the server convicted {} (first {}, half {}, 90 % {}, 99 % {}, all {} after the freeze; right between {:.0} and {:.0} s: {}), watched {:.0} s",
                 f.frozen,
                 f.convicted.map_or("?".to_string(), |c| c.to_string()),
                 s(f.first_s),
                 s(f.half_s),
+                s(f.p90_s),
+                s(f.p99_s),
                 s(f.all_s),
                 f.expected_s.0,
                 f.expected_s.1,
+                f.in_window.map_or("?".to_string(), |c| c.to_string()),
                 f.watched_s
             );
             println!(

@@ -998,7 +998,7 @@ impl Loop {
             (|| -> io::Result<()> {
                 if let Some(backlog) = conn.backlog.as_mut() {
                     let stream = &mut conn.stream;
-                    written += backlog.out.write_with(|iov| stream.write_vectored(iov))?;
+                    written += backlog.out.write_with(|iov| write_iov(stream, iov))?;
                     if !backlog.out.is_empty() {
                         return Ok(());
                     }
@@ -1009,7 +1009,7 @@ impl Loop {
                         return Ok(());
                     }
                     let stream = &mut conn.stream;
-                    written += self.outbox.write_with(|iov| stream.write_vectored(iov))?;
+                    written += self.outbox.write_with(|iov| write_iov(stream, iov))?;
                     if !self.outbox.is_empty() {
                         // The socket is full: the rest (DATA chunks still shared, not copied)
                         // waits with the connection.
@@ -1556,6 +1556,15 @@ fn flush_tls(
         if !crate::tls::encrypt_next(tls, proto, out, OUT_BATCH).map_err(io_err)? {
             return Ok(());
         }
+    }
+}
+
+/// Writes `iov` to `stream`: one buffer (a heartbeat's PONG, any small frame) with a plain `send`,
+/// several with `writev` (a `writev` of one buffer costs the kernel an iovec import more).
+fn write_iov(stream: &mut mio::net::TcpStream, iov: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    match iov {
+        [one] => stream.write(one),
+        _ => stream.write_vectored(iov),
     }
 }
 
