@@ -16,6 +16,7 @@ COLORS = {
     "floor (C epoll, vitals frames)": "#bcbd22",
     "vitals --codec json": "#2ca02c",
     "tokio task per conn (JSON)": "#ff7f0e",
+    "tokio task per conn, 2 threads (JSON)": "#e377c2",
     "floor (C epoll, JSON)": "#8c564b",
 }
 

@@ -10,6 +10,8 @@
 #   JSON=0 bench/compare-mosquitto.sh              # without the classic JSON rows (see below)
 #   PERF=1 bench/compare-mosquitto.sh              # also count system calls per heartbeat (perf stat)
 #   SERVERS="vitals-json floor-json tokio-json" NS=10000 bench/compare-mosquitto.sh   # some rows only
+#     (rows: mosquitto vitals vitals-client-driven floor-mqtt floor-vitals vitals-json tokio-json
+#     floor-json, and tokio-json-mt: the tokio baseline on a two-worker runtime)
 #
 # mosquitto (Debian package, installed here where missing) is driven by bench/keepalive_load.py
 # --protocol mqtt (standard library only: CONNECT, then PINGREQ every INTERVAL, PINGRESP counted);
@@ -146,6 +148,8 @@ for n in $NS; do
       vitals-json) line=$(run_json "$n" "vitals --codec json" \
         "$VITALS serve --codec json --listen 127.0.0.1:PORT --interval ${INTERVAL}s --timeout 10s --max-connections 30000 --loops $LOOPS") ;;
       tokio-json) line=$(run_json "$n" "tokio task per conn (JSON)" "target/release/tokio-answer PORT") ;;
+      # Not in the default set: the same with a two-worker runtime (tokio's usual flavour).
+      tokio-json-mt) line=$(run_json "$n" "tokio task per conn, 2 threads (JSON)" "target/release/tokio-answer PORT 2") ;;
       floor-json) line=$(run_json "$n" "floor (C epoll, JSON)" "target/bench/floor PORT json") ;;
     esac
     echo "$line" >&2
