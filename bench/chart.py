@@ -14,6 +14,10 @@ COLORS = {
     "mosquitto": "#d62728",
     "floor (C epoll, MQTT)": "#7f7f7f",
     "floor (C epoll, vitals frames)": "#bcbd22",
+    "vitals --codec json": "#2ca02c",
+    "tokio task per conn (JSON)": "#ff7f0e",
+    "tokio task per conn, 2 threads (JSON)": "#e377c2",
+    "floor (C epoll, JSON)": "#8c564b",
 }
 
 

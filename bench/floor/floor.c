@@ -4,14 +4,16 @@
  * does nothing else (no sessions, no timers, no liveness, no limits):
  * - `mqtt`: MQTT 3.1.1 for bench/mqtt_load.py: CONNECT -> CONNACK, PINGREQ -> PINGRESP;
  * - `vitals`: vitals frames (docs/PROTOCOL.md) for `vitals bench`: HELLO -> a WELCOME granting the
- *   proposed timing with a fixed session, PING -> PONG echoing its payload; other frames ignored.
+ *   proposed timing with a fixed session, PING -> PONG echoing its payload; other frames ignored;
+ * - `json`: the classic JSON heartbeat for bench/keepalive_load.py --protocol json: every `{"ping":N}`
+ *   -> `{"pong":N+1}` (what `vitals serve --codec json` answers); other objects ignored.
  * Per heartbeat: a share of one epoll_wait, one read, one write. Driven by the same load generator as
  * a real server, its CPU per heartbeat is what the kernel charges for a loopback ping/pong with that
  * generator; a real server's figure above it is that server's own work.
  *
- *   cc -O2 -o floor bench/floor/floor.c && ./floor PORT mqtt|vitals
+ *   cc -O2 -o floor bench/floor/floor.c && ./floor PORT mqtt|vitals|json
  *
- * Used by bench/compare-mosquitto.sh (FLOOR=1, the default) for its two "floor" rows. Not a server to
+ * Used by bench/compare-mosquitto.sh (FLOOR=1, the default) for its three "floor" rows. Not a server to
  * use: it trusts its input (it only ever talks to a load generator on loopback), and it assumes every
  * read holds whole frames (true on loopback at one small frame per second per connection).
  */
@@ -66,12 +68,27 @@ static void answer_vitals(const unsigned char *in, size_t n, unsigned char *out,
     }
 }
 
+/* Appends to `out` a `{"pong":N+1}` for every `{"ping":N}` in `in` (objects are not split across
+ * reads here: one small object per second per connection on loopback). */
+static void answer_json(const unsigned char *in, size_t n, unsigned char *out, size_t cap, size_t *len) {
+    static const char key[] = "\"ping\"";
+    for (size_t p = 0; p + sizeof key - 1 <= n; p++) {
+        if (memcmp(in + p, key, sizeof key - 1) != 0) continue;
+        p += sizeof key - 1;
+        while (p < n && (in[p] == ' ' || in[p] == ':')) p++;
+        unsigned long long v = 0;
+        while (p < n && in[p] >= '0' && in[p] <= '9') v = v * 10 + (unsigned long long)(in[p++] - '0');
+        if (*len + 32 <= cap) *len += (size_t)snprintf((char *)out + *len, 32, "{\"pong\":%llu}", v + 1);
+    }
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3 || (strcmp(argv[2], "mqtt") != 0 && strcmp(argv[2], "vitals") != 0)) {
-        fprintf(stderr, "usage: %s PORT mqtt|vitals\n", argv[0]);
+    if (argc != 3 || (strcmp(argv[2], "mqtt") != 0 && strcmp(argv[2], "vitals") != 0 && strcmp(argv[2], "json") != 0)) {
+        fprintf(stderr, "usage: %s PORT mqtt|vitals|json\n", argv[0]);
         return 2;
     }
     int vitals = strcmp(argv[2], "vitals") == 0;
+    int json = strcmp(argv[2], "json") == 0;
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -115,6 +132,8 @@ int main(int argc, char **argv) {
             size_t len = 0;
             if (vitals)
                 answer_vitals(buf, (size_t)r, reply, sizeof reply, &len);
+            else if (json)
+                answer_json(buf, (size_t)r, reply, sizeof reply, &len);
             else
                 answer_mqtt(buf, (size_t)r, reply, sizeof reply, &len);
             if (len > 0 && write(fd, reply, len) < 0 && errno != EAGAIN) close(fd);

@@ -1,6 +1,7 @@
 //! `vitals bench`: open N heartbeating connections to a server on loopback, measure for a bounded time,
 //! and report connect rate, RTT percentiles, heartbeats per second and — given the server's pid — its
-//! RSS per connection and CPU per heartbeat.
+//! RSS per connection and CPU per heartbeat (summed over the server's process tree, so a
+//! `vitals serve --processes N` supervisor counts with its workers).
 //!
 //! **What a heartbeat is here.** In vitals either side pings after `interval` of silence from the other,
 //! and any byte received resets that silence, so each idle connection makes about one PING→PONG
@@ -9,27 +10,34 @@
 //! plus a PING of the server's answered by us (a PONG we wrote). Both counts are reported separately;
 //! RTT percentiles come from our own pings only.
 //!
-//! Layout: [`peer`] drives one connection (a lean task per connection, no reconnect), [`sys`] reads
-//! /proc and the limits, this file runs the phases (limits → connect → measure → close) and reports.
+//! **More connections than one process may open** (`--processes P`): the connections are spread over
+//! P child processes of this one, each with its own open-file limit and its own loopback source
+//! addresses (127.0.0.x: each adds an ephemeral port range); see [`spread`]. With `--freeze-percent`
+//! one child holding that share is frozen (SIGSTOP) after the window, and the server's convictions
+//! are watched.
+//!
+//! Layout: [`peer`] drives one connection (a lean task per connection, no reconnect), [`load`] opens a
+//! process's connections and counts them, [`child`] is one child process of a spread run, [`spread`]
+//! the parent; this file checks the flags and limits and runs the single-process case.
 
+pub(crate) mod child;
+pub(crate) mod load;
 pub(crate) mod peer;
-pub(crate) mod sys;
+pub(crate) mod spread;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use vitals::vitals_proto::{Config as ProtoConfig, Connection, Event, JsonConfig, Role};
 use vitals::{Codec, Server, ServerConfig};
 
 use crate::config::{TimingArgs, parse_duration};
-use peer::{End, Mode, Observer};
+use crate::sys;
+use load::{Load, LoadSpec};
 
 /// What the output says a heartbeat is.
 const HEARTBEAT_MEANING: &str = "one PING answered by a PONG, either direction, counted at the bench clients: \
@@ -41,7 +49,8 @@ const HEARTBEAT_MEANING: &str = "one PING answered by a PONG, either direction, 
     after_help = "A heartbeat is one PING answered by a PONG, in either direction, counted at the \
 bench clients: our pings the server answered (RTT samples) plus the server's pings we answered. \
 RTT percentiles come from our own pings.\n\n\
-Exit code: 0 when every connection opened and none was lost, 1 otherwise, 2 on bad flags or limits."
+Exit code: 0 when every connection opened and none was lost (with --freeze-percent: and every frozen \
+connection was convicted by the server and no other), 1 otherwise, 2 on bad flags or limits."
 )]
 pub(crate) struct BenchArgs {
     /// Connections to open.
@@ -60,7 +69,8 @@ pub(crate) struct BenchArgs {
     duration: Duration,
     #[command(flatten)]
     timing: TimingArgs,
-    /// Pid of the server process: report its RSS per connection and CPU per heartbeat (from /proc).
+    /// Pid of the server process: report its RSS per connection and CPU per heartbeat (from /proc,
+    /// summed over its process tree).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Print one JSON object instead of text.
@@ -69,89 +79,30 @@ pub(crate) struct BenchArgs {
     /// Use this many source addresses (127.0.0.1, .2, …) instead of deciding from the port range.
     #[arg(long)]
     sources: Option<u32>,
-    /// Most connection handshakes in flight at once.
+    /// Most connection handshakes in flight at once (with --processes: in all processes together).
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
-}
-
-/// Counters shared by every peer task.
-struct Stats {
-    connected: AtomicU64,
-    failed: AtomicU64,
-    lost: AtomicU64,
-    /// Our pings the server answered (RTT samples).
-    client_pings: AtomicU64,
-    /// The server's pings we answered.
-    server_pings: AtomicU64,
-    /// RTT samples are recorded while this is set (the measurement window).
-    measuring: AtomicBool,
-    /// RTT in µs.
-    rtt: Mutex<Histogram<u64>>,
-    /// The timing the server granted (first connection), in ms.
-    granted: Mutex<Option<(Duration, Duration)>>,
-    /// First few reasons of lost connections.
-    lost_reasons: Mutex<Vec<String>>,
-}
-
-impl Stats {
-    fn new() -> anyhow::Result<Stats> {
-        Ok(Stats {
-            connected: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
-            client_pings: AtomicU64::new(0),
-            server_pings: AtomicU64::new(0),
-            measuring: AtomicBool::new(false),
-            rtt: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-            granted: Mutex::new(None),
-            lost_reasons: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn heartbeats(&self) -> (u64, u64) {
-        (
-            self.client_pings.load(Ordering::Relaxed),
-            self.server_pings.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// One peer's observer: feeds [`Stats`] and releases the handshake permit once connected.
-struct PeerObs {
-    stats: Arc<Stats>,
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
-    connected: AtomicBool,
-}
-
-impl Observer for PeerObs {
-    fn connected(&self, granted: Option<(Duration, Duration)>) {
-        if !self.connected.swap(true, Ordering::Relaxed) {
-            self.stats.connected.fetch_add(1, Ordering::Relaxed);
-            if let Some(g) = granted
-                && let Ok(mut slot) = self.stats.granted.lock()
-            {
-                slot.get_or_insert(g);
-            }
-        }
-        if let Ok(mut p) = self.permit.lock() {
-            p.take();
-        }
-    }
-
-    fn event(&self, event: &Event) {
-        if let Event::Rtt(rtt) = event {
-            self.stats.client_pings.fetch_add(1, Ordering::Relaxed);
-            if self.stats.measuring.load(Ordering::Relaxed)
-                && let Ok(mut h) = self.stats.rtt.lock()
-            {
-                h.saturating_record(rtt.latest.as_micros().max(1) as u64);
-            }
-        }
-    }
-
-    fn pongs_sent(&self, n: u64) {
-        self.stats.server_pings.fetch_add(n, Ordering::Relaxed);
-    }
+    /// Spread the connections over this many child processes (each with its own open-file limit and
+    /// source addresses); needs --server.
+    #[arg(long)]
+    processes: Option<u32>,
+    /// With --processes: after the window, freeze (SIGSTOP) one process holding this percentage of
+    /// the connections until the server has convicted them (at most timeout + interval + 30 s), and
+    /// report how accurately it did.
+    #[arg(long)]
+    freeze_percent: Option<f64>,
+    /// The server's status page (e.g. 127.0.0.1:9100): read its convictions while a process is frozen.
+    #[arg(long)]
+    server_status: Option<SocketAddr>,
+    /// Internal: run as one child process of a spread run (commands on stdin, reports on stdout).
+    #[arg(long, hide = true)]
+    pub(crate) child: bool,
+    /// Internal: a child's source addresses, comma-separated.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    child_sources: Vec<IpAddr>,
+    /// Internal: how long a child's connect phase may last (the ramp of all children together).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    child_ramp: Option<Duration>,
 }
 
 /// A checked plan for one run.
@@ -180,24 +131,51 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
             "--server {addr} is not a loopback address: vitals bench only loads servers on this machine (e.g. --server 127.0.0.1:7878)"
         );
     }
+    if let Some(addr) = args.server_status
+        && !addr.ip().is_loopback()
+    {
+        bail!(
+            "--server-status {addr} is not a loopback address (e.g. --server-status 127.0.0.1:9100)"
+        );
+    }
     if args.server.is_none() && args.server_pid.is_some() {
         bail!(
             "--server-pid needs --server: without it the server runs inside the bench process, whose RSS and CPU include the clients"
         );
     }
+    if args.server.is_none() && args.processes.is_some() {
+        bail!(
+            "--processes needs --server (start the server with `vitals serve`, e.g. with --processes too)"
+        );
+    }
+    if args.processes == Some(0) {
+        bail!("--processes must be at least 1");
+    }
+    if let Some(p) = args.freeze_percent {
+        if !(p > 0.0 && p < 100.0) {
+            bail!("--freeze-percent must be above 0 and below 100 (e.g. --freeze-percent 1)");
+        }
+        if args.processes.is_none_or(|k| k < 2) {
+            bail!(
+                "--freeze-percent needs --processes 2 or more: the frozen connections get a process of their own"
+            );
+        }
+    }
     if let Some(pid) = args.server_pid {
         sys::rss_bytes(pid)
             .with_context(|| format!("--server-pid {pid}: cannot read /proc/{pid}/status"))?;
     }
-    if args.sources.is_some_and(|k| k == 0 || k > 254) {
-        bail!("--sources must be between 1 and 254");
+    if args.sources.is_some_and(|k| k == 0 || k > sys::MAX_SOURCES) {
+        bail!("--sources must be between 1 and {}", sys::MAX_SOURCES);
     }
     let n = args.connections;
     let files = sys::raise_file_limit();
     // In-process, every connection costs two descriptors: ours and the server's accepted one.
     let per_conn: u64 = if args.server.is_none() { 2 } else { 1 };
-    let needed = u64::from(n) * per_conn + sys::FD_OVERHEAD;
-    if needed > files.soft {
+    let processes = u64::from(args.processes.unwrap_or(1));
+    let per_process = u64::from(n).div_ceil(processes);
+    let needed = per_process * per_conn + sys::FD_OVERHEAD;
+    if needed > files.soft && !args.child {
         let most = files.soft.saturating_sub(sys::FD_OVERHEAD) / per_conn;
         let hard = if files.hard == u64::MAX {
             "unlimited".to_string()
@@ -206,18 +184,26 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         };
         let split = if args.server.is_none() {
             "; or run the server separately (`vitals serve`) and pass --server, which halves the need"
+                .to_string()
         } else {
-            "; or split the load over several bench processes"
+            format!(
+                "; or spread them over processes: --processes {} or more",
+                u64::from(n).div_ceil(most.max(1))
+            )
         };
         bail!(
-            "--connections {n} needs about {needed} open files ({n} × {per_conn} sockets + {} spare), but this \
-             process may open at most {} (hard limit {hard}); use --connections {most} or fewer{split}",
+            "--connections {n} needs about {needed} open files ({per_process} × {per_conn} sockets + {} spare) per process, but \
+             a process may open at most {} (hard limit {hard}); use --connections {} or fewer{split}",
             sys::FD_OVERHEAD,
             files.soft,
+            most * processes,
         );
     }
-    let ports = sys::ephemeral_ports();
-    let sources = sys::source_addresses(n, ports, args.sources);
+    let sources = if args.child {
+        args.child_sources.clone()
+    } else {
+        sys::source_addresses(n, sys::ephemeral_ports(), args.sources)
+    };
     Ok(Plan { n, sources, files })
 }
 
@@ -250,6 +236,12 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 /// Runs `vitals bench`.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
+    if args.child {
+        return child::run(&args, plan.sources).await;
+    }
+    if args.processes.is_some_and(|p| p > 1) {
+        return spread::run(&args).await;
+    }
     let n = plan.n;
     let codec = args.timing.codec;
     let (interval, timeout) = (args.timing.interval, args.timing.timeout);
@@ -270,119 +262,38 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     tracing::debug!(%server_addr, n, sources = plan.sources.len(), soft = plan.files.soft, "bench plan");
 
     let rss_before = match args.server_pid {
-        Some(pid) => Some(sys::rss_bytes(pid)?),
+        Some(pid) => Some(sys::tree_rss_bytes(pid)?),
         None => None,
     };
 
     // Connect phase.
-    let stats = Arc::new(Stats::new()?);
-    let (mode_tx, mode_rx) = watch::channel(Mode::Run);
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency));
-    let proto_cfg = {
-        let mut c = ProtoConfig::default();
-        c.liveness.interval = interval;
-        c.liveness.timeout = timeout;
-        c
+    let spec = LoadSpec {
+        server: server_addr,
+        n,
+        sources: plan.sources.clone(),
+        codec,
+        interval,
+        timeout,
+        concurrency: args.connect_concurrency,
     };
-    let json_cfg = {
-        let mut c = JsonConfig::default();
-        c.liveness.interval = interval;
-        c.liveness.timeout = timeout;
-        c
-    };
-    let connect_timeout = Duration::from_secs(5);
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let bind =
-            (!plan.sources.is_empty()).then(|| plan.sources[i as usize % plan.sources.len()]);
-        let stats = Arc::clone(&stats);
-        let gate = Arc::clone(&gate);
-        let mode = mode_rx.clone();
-        tasks.spawn(async move {
-            let Ok(permit) = gate.acquire_owned().await else {
-                return;
-            };
-            let stream =
-                match tokio::time::timeout(connect_timeout, peer::connect(server_addr, bind)).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, ?bind, "connect failed");
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(?bind, "connect timed out");
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                };
-            if let Err(e) = vitals::socket::SocketOptions::for_timeout(timeout).apply(&stream) {
-                tracing::debug!(error = %e, "socket options not applied");
-            }
-            let now = Instant::now();
-            let proto = match codec {
-                Codec::Binary => Connection::client(now, proto_cfg),
-                Codec::Json => Connection::json(now, Role::Client, json_cfg),
-            };
-            let obs = PeerObs {
-                stats: Arc::clone(&stats),
-                permit: Mutex::new(Some(permit)),
-                connected: AtomicBool::new(false),
-            };
-            let end = peer::drive(stream, proto, codec, mode, &obs).await;
-            let was_connected = obs.connected.load(Ordering::Relaxed);
-            match end {
-                End::Stopped if was_connected => {}
-                End::Stopped => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                End::Lost(reason) => {
-                    if was_connected {
-                        stats.lost.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::debug!(reason = reason.label(), was_connected, "connection lost");
-                    if let Ok(mut r) = stats.lost_reasons.lock()
-                        && r.len() < 5
-                    {
-                        r.push(format!("{reason:?}"));
-                    }
-                }
-            }
-        });
-    }
-
+    let load = Load::start(&spec)?;
+    let stats = std::sync::Arc::clone(&load.stats);
     let progress = bar(
         u64::from(n),
         "connecting {bar:30.cyan/blue} {pos}/{len} {per_sec}",
     );
-    // Bounded: every attempt ends within the connect timeout plus one liveness timeout for the
-    // handshake, and at most `concurrency` run at once.
-    let waves = u64::from(n)
-        .div_ceil(args.connect_concurrency as u64)
-        .max(1);
-    let connect_deadline = started
-        + (connect_timeout + timeout).min(Duration::from_secs(10))
-        + Duration::from_millis(50).saturating_mul(u32::try_from(waves).unwrap_or(u32::MAX))
-        + Duration::from_secs(5);
-    loop {
-        let done = stats.connected.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+    load.wait_settled(n, spec.connect_deadline(started), || {
         progress.set_position(stats.connected.load(Ordering::Relaxed));
-        if done >= u64::from(n) || Instant::now() >= connect_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let connect_secs = started.elapsed().as_secs_f64();
     let connected = stats.connected.load(Ordering::Relaxed);
     progress.finish_and_clear();
 
     // Measurement window.
     let cpu_before = match args.server_pid {
-        Some(pid) => Some(sys::cpu_time(pid)?),
+        Some(pid) => Some(sys::tree_cpu_time(pid)?),
         None => None,
     };
     let hb_before = stats.heartbeats();
@@ -413,11 +324,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let window = window_start.elapsed();
     let hb_after = stats.heartbeats();
     let cpu_after = match args.server_pid {
-        Some(pid) => Some(sys::cpu_time(pid)?),
+        Some(pid) => Some(sys::tree_cpu_time(pid)?),
         None => None,
     };
     let rss_after = match args.server_pid {
-        Some(pid) => Some(sys::rss_bytes(pid)?),
+        Some(pid) => Some(sys::tree_rss_bytes(pid)?),
         None => None,
     };
     let bench_rss = sys::rss_bytes(std::process::id()).ok();
@@ -426,18 +337,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let failed = stats.failed.load(Ordering::Relaxed);
 
     // Close everything (bounded).
-    let _ = mode_tx.send(Mode::Stop);
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if closed.is_err() {
-        tracing::warn!(
-            left = tasks.len(),
-            "connections still closing after 5 s; aborting them"
-        );
-        tasks.abort_all();
-    }
+    load.stop().await;
     if let Some((_handle, drain)) = in_process {
         drain.abort();
     }
@@ -447,11 +347,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let server_pings = hb_after.1 - hb_before.1;
     let heartbeats = client_pings + server_pings;
     let window_s = window.as_secs_f64();
-    let hist = stats
-        .rtt
-        .lock()
-        .map_err(|_| anyhow::anyhow!("RTT histogram poisoned"))?
-        .clone();
+    let hist = stats.rtt()?;
     let granted = stats.granted.lock().ok().and_then(|g| *g);
     let report = Report {
         requested: n,
@@ -476,11 +372,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rss_after,
         cpu: cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
         bench_rss,
-        lost_reasons: stats
-            .lost_reasons
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default(),
+        lost_reasons: stats.lost_reasons(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);

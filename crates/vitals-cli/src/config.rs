@@ -180,6 +180,7 @@ pub(crate) enum FileValue<T> {
 /// codec = "binary"            # or "json"
 /// max_connections = 100000
 /// loops = 2
+/// processes = 1               # more: a supervisor of that many worker processes on one port
 /// max_connection_age = "10m"  # or "off"
 /// http = "127.0.0.1:9100"     # or "off"
 /// echo = false
@@ -204,6 +205,8 @@ pub(crate) struct ServeFile {
     pub(crate) max_connections: Option<u64>,
     /// Event-loop threads.
     pub(crate) loops: Option<u64>,
+    /// Server processes on one port (a supervisor of workers when more than one).
+    pub(crate) processes: Option<u64>,
     /// Close connections after this age (humantime, or `off`).
     pub(crate) max_connection_age: Option<String>,
     /// Status page address (or `off`).

@@ -1,8 +1,10 @@
 //! The `vitals` command: `demo`, `serve`, `connect`, `probe`, `bench`.
 //!
-//! Layout: one file per command (`demo.rs`, `serve.rs`, `connect.rs`, `probe.rs`, `bench.rs`), the shared
-//! configuration in `config.rs` (TOML file + environment + flags), logging setup in `logging.rs`, and
-//! the HTTP status page / Prometheus endpoint under `http/`.
+//! Layout: one file per command (`demo.rs`, `serve.rs`, `connect.rs`, `probe.rs`, `bench.rs`; a
+//! command's parts in the directory of its name), the shared configuration in `config.rs` (TOML file +
+//! environment + flags), what is read from the system in `sys.rs`, logging setup in `logging.rs`, the
+//! HTTP status page / Prometheus endpoint under `http/`, and the RTT histogram's text form (how
+//! worker processes report it) in `hist.rs`.
 
 use std::process::ExitCode;
 
@@ -13,11 +15,13 @@ mod child;
 mod config;
 mod connect;
 mod demo;
+mod hist;
 mod http;
 mod logging;
 mod probe;
 mod redis_server;
 mod serve;
+mod sys;
 
 /// Long-lived TCP connections that know when they are dead, and lose nothing when they die.
 #[derive(Debug, Parser)]
@@ -55,10 +59,21 @@ fn main() -> ExitCode {
         eprintln!("vitals: cannot set up logging: {e:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A bench child (one of many processes of `vitals bench --processes`) and a worker of
+    // `vitals serve --processes` run their tokio side on one thread: dozens of them share the
+    // machine's cores (a worker's event loops have threads of their own).
+    let one_thread = matches!(&cli.command, Command::Bench(b) if b.child)
+        || matches!(&cli.command, Command::Serve(_) if serve::supervisor::Worker::is_this_process());
+    let built = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vitals: cannot start the runtime: {e}");

@@ -3,6 +3,9 @@
 //!
 //! The application side counts what happens (messages, sessions, RTTs, disconnects by reason,
 //! resumes) for the status page (`--http ADDR`) and echoes messages back with `--echo`.
+//!
+//! With `--processes N` (N > 1) this process is a [`supervisor`] of N worker processes on one port
+//! (each this same command, told so by its environment) and serves one status page for all.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -20,6 +23,9 @@ use crate::config::{
     parse_count, parse_duration, parse_opt_addr, parse_opt_duration, parse_opt_store,
 };
 use crate::http::{self, status::Info, status::Status};
+use crate::sys;
+
+pub(crate) mod supervisor;
 
 /// Arguments of `vitals serve`. Every setting can also come from a `VITALS_*` environment variable
 /// or the TOML file given with `--config`; flags win over the environment, which wins over the file.
@@ -46,6 +52,13 @@ pub(crate) struct ServeArgs {
     /// Event-loop threads [env: VITALS_LOOPS] [default: available cores].
     #[arg(long, value_parser = parse_count)]
     loops: Option<u64>,
+    /// Server processes sharing the port (SO_REUSEPORT): more than one makes this process their
+    /// supervisor — it starts, watches (restarts) and drains them, passes every other setting on
+    /// (`--max-connections` is split between them; a store gives each its own node id) and serves one
+    /// status page for all. For more connections than one process may open files
+    /// [env: VITALS_PROCESSES] [default: 1].
+    #[arg(long, value_parser = parse_count)]
+    processes: Option<u64>,
     /// Close connections after this age (±10 %) so load rebalances; clients resume. `off` disables
     /// [env: VITALS_MAX_CONNECTION_AGE] [default: off].
     #[arg(long, value_parser = |s: &str| parse_opt_duration(s).map(Switch))]
@@ -59,7 +72,8 @@ pub(crate) struct ServeArgs {
     echo: bool,
     /// Client-driven heartbeats: answer clients' pings and probe only after 1.25 × interval of
     /// silence, instead of also pinging after `interval` (one ping/pong per interval instead of up to
-    /// two; see docs/LIVENESS.md for when not to) [env: VITALS_CLIENT_DRIVEN].
+    /// two; see docs/LIVENESS.md for when not to). With `--codec json` the server never pings anyway
+    /// (classic clients drive their heartbeat and do not answer) [env: VITALS_CLIENT_DRIVEN].
     #[arg(long)]
     client_driven: bool,
     /// Keep sessions in Redis, shared by every server given the same URL (a fleet, docs/FLEET.md):
@@ -115,6 +129,8 @@ pub(crate) struct Settings {
     pub(crate) max_connections: Sourced<u64>,
     /// Event loops.
     pub(crate) loops: Sourced<u64>,
+    /// Server processes.
+    pub(crate) processes: Sourced<u64>,
     /// Maximum connection age.
     pub(crate) max_connection_age: Sourced<Option<Duration>>,
     /// Status page address.
@@ -215,6 +231,13 @@ impl Settings {
                 parse_count,
                 default_loops,
             )?,
+            processes: l.pick(
+                names!("--processes", "VITALS_PROCESSES", "processes"),
+                args.processes,
+                file.processes.map(FileValue::Typed),
+                parse_count,
+                1,
+            )?,
             max_connection_age: l.pick(
                 names!(
                     "--max-connection-age",
@@ -306,6 +329,7 @@ impl Settings {
                 &self.max_connections,
             ),
             ("loops", "--loops", &self.loops),
+            ("processes", "--processes", &self.processes),
             ("partitions", "--partitions", &self.partitions),
         ] {
             if v.value == 0 {
@@ -320,6 +344,23 @@ impl Settings {
                 "loops ({}, {}) is too large; use at most the number of cores",
                 self.loops.value,
                 self.loops.source
+            );
+        }
+        if self.processes.value > supervisor::MAX_PROCESSES {
+            anyhow::bail!(
+                "processes ({}, {}) is too large; at most {}",
+                self.processes.value,
+                self.processes.source,
+                supervisor::MAX_PROCESSES
+            );
+        }
+        if self.processes.value > self.max_connections.value {
+            anyhow::bail!(
+                "processes ({}, {}) exceeds max_connections ({}, {}): each process needs room for a connection",
+                self.processes.value,
+                self.processes.source,
+                self.max_connections.value,
+                self.max_connections.source
             );
         }
         if self.partitions.value > u64::from(u16::MAX) {
@@ -405,6 +446,23 @@ fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Lowers `max_connections` to what this process's open-file limit (raised to its hard limit first)
+/// can hold, with a warning: past it `accept` fails and connections would wait in the backlog
+/// unanswered, where below it a connection over the limit is refused at once (`ServerFull`).
+fn fit_file_limit(settings: &mut Settings) {
+    let files = sys::raise_file_limit();
+    let most = files.soft.saturating_sub(sys::FD_OVERHEAD).max(1);
+    if settings.max_connections.value > most {
+        tracing::warn!(
+            max_connections = settings.max_connections.value,
+            open_file_limit = files.soft,
+            "max_connections lowered to {most}: this process may open at most {} files (use --processes for more)",
+            files.soft
+        );
+        settings.max_connections.value = most;
+    }
+}
+
 /// Watches SIGINT and SIGTERM from the moment it is called (the handlers are installed before it
 /// returns); the returned future resolves with the signal's name.
 pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
@@ -422,14 +480,26 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Outpu
 /// Runs `vitals serve`.
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
-    let settings = Settings::resolve(&args, &env)?;
+    let mut settings = Settings::resolve(&args, &env)?;
+    let worker = supervisor::Worker::from_env()?;
+    match &worker {
+        Some(w) => w.apply(&mut settings),
+        None if settings.processes.value > 1 => return supervisor::run(settings).await,
+        None => {}
+    }
+    let who = worker.as_ref().map_or("vitals serve".to_string(), |w| {
+        format!("vitals serve (worker {})", w.index)
+    });
+    fit_file_limit(&mut settings);
     let prometheus = match settings.http.value {
         Some(_) => Some(install_prometheus()?),
         None => None,
     };
     // Watch signals before anything is announced, so a script that signals right after the
-    // "listening" line is not killed by the default handler.
+    // "listening" line is not killed by the default handler. A worker also drains when its
+    // supervisor is gone (its stdin ends).
     let signal = shutdown_signal()?;
+    let orphaned = supervisor::orphaned(worker.is_some());
     let mut cfg = settings.server_config();
     cfg.tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -483,10 +553,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let handle = server.handle();
     let status = Arc::new(Status::new(Info {
         listen: addr,
-        codec: codec_name(settings.codec.value),
+        codec: codec_name(settings.codec.value).to_string(),
         interval_ms: u64::try_from(settings.interval.value.as_millis()).unwrap_or(u64::MAX),
         timeout_ms: u64::try_from(settings.timeout.value.as_millis()).unwrap_or(u64::MAX),
         loops: usize::try_from(settings.loops.value).unwrap_or(1),
+        processes: 1,
         max_connections: usize::try_from(settings.max_connections.value).unwrap_or(usize::MAX),
         echo: settings.echo.value,
         store: match &fleet_cfg {
@@ -494,6 +565,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some((_, fleet)) => format!("redis (node {})", fleet.node),
         },
     })?);
+    let status = match Arc::try_unwrap(status) {
+        // A worker's page carries its whole RTT histogram, for the supervisor to add up.
+        Ok(s) if worker.is_some() => Arc::new(s.exporting_rtt()),
+        Ok(s) => Arc::new(s),
+        Err(shared) => shared,
+    };
     let mut http_task = None;
     let mut http_note = String::new();
     if let (Some(http_addr), Some(prometheus)) = (settings.http.value, prometheus) {
@@ -503,16 +580,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let bound = listener.local_addr()?;
         let counted = handle.clone();
         let app = Arc::new(http::App {
-            status: Arc::clone(&status),
-            open: Box::new(move || counted.connections()),
-            prometheus,
+            view: http::View::Server {
+                status: Arc::clone(&status),
+                open: Box::new(move || counted.connections()),
+                prometheus,
+            },
             fleet: fleet_cfg.clone(),
         });
         http_task = Some(tokio::spawn(http::serve(listener, app)));
         http_note = format!(", status page http://{bound}/");
     }
     println!(
-        "vitals serve: listening on {addr} (codec {}, interval {}, timeout {}, loops {}{}){http_note}",
+        "{who}: listening on {addr} (codec {}, interval {}, timeout {}, loops {}{}){http_note}",
         codec_name(settings.codec.value),
         humantime::format_duration(settings.interval.value),
         humantime::format_duration(settings.timeout.value),
@@ -527,6 +606,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ticker.tick().await;
     tokio::pin!(signal);
+    tokio::pin!(orphaned);
     let which = loop {
         tokio::select! {
             event = server.next_event() => match event {
@@ -535,10 +615,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
             _ = ticker.tick() => status.tick(handle.connections()),
             name = &mut signal => break name,
+            () = &mut orphaned => break "supervisor gone",
         }
     };
     eprintln!(
-        "vitals serve: {which}: draining {} connection(s) (up to {})",
+        "{who}: {which}: draining {} connection(s) (up to {})",
         handle.connections(),
         humantime::format_duration(settings.drain.value)
     );
@@ -551,7 +632,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let snap = status.snapshot(0);
     eprintln!(
-        "vitals serve: stopped; {} session(s) ({} resumed), {} message(s) received, {} conviction(s)",
+        "{who}: stopped; {} session(s) ({} resumed), {} message(s) received, {} conviction(s)",
         snap.connections.total, snap.connections.resumed, snap.messages.received, snap.convictions
     );
     Ok(ExitCode::SUCCESS)
@@ -614,6 +695,7 @@ mod tests {
             codec: None,
             max_connections: None,
             loops: None,
+            processes: None,
             max_connection_age: None,
             http: None,
             echo: false,

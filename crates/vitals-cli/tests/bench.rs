@@ -257,3 +257,82 @@ fn only_loopback_servers_and_pid_needs_server() {
         .code(2)
         .stderr(contains("--server-pid needs --server"));
 }
+
+#[test]
+fn spread_over_processes_with_a_frozen_share_that_the_server_convicts() {
+    // 40 connections over 3 child processes (each its own source address), one holding 25 %: after
+    // the window it is frozen (SIGSTOP) until the server has convicted its 10 connections, and none
+    // of the other 30 may be lost meanwhile.
+    let d = serve_util::Daemon::start(&[
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+        "--loops",
+        "1",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let http = d.http.expect("status page").to_string();
+    let v = bench_json(&[
+        "-n",
+        "40",
+        "--processes",
+        "3",
+        "--freeze-percent",
+        "25",
+        "--server",
+        &d.addr.to_string(),
+        "--server-pid",
+        &d.child.id().to_string(),
+        "--server-status",
+        &http,
+        "--interval",
+        "200ms",
+        "--timeout",
+        "1s",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(v["connections"], 40, "{v:#}");
+    assert_eq!(v["processes"], 3);
+    assert_eq!(v["source_addresses"], 3);
+    assert_eq!(v["lost"], 0);
+    assert!(num(&v, "heartbeats") > 0.0);
+    assert!(v["kernel_per_connection_bytes_both_ends"].is_number());
+    assert!(v["server_cpu_per_connection_second_ns"].is_number());
+    let f = &v["freeze"];
+    assert_eq!(f["frozen"], 10, "{f:#}");
+    assert_eq!(f["convicted"], 10, "{f:#}");
+    assert_eq!(f["extra_convictions"], 0, "{f:#}");
+    assert_eq!(f["live_lost"], 0, "{f:#}");
+    let ended: u64 = f["frozen_ended"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    assert_eq!(ended, 10, "{f:#}");
+    let s = d.status();
+    assert_eq!(s["convictions"], 10, "{s}");
+}
+
+#[test]
+fn spread_flags_are_checked() {
+    vitals()
+        .args(["bench", "--processes", "2", "-n", "10"])
+        .assert()
+        .code(2)
+        .stderr(contains("--processes needs --server"));
+    vitals()
+        .args([
+            "bench",
+            "--server",
+            "127.0.0.1:9",
+            "--processes",
+            "1",
+            "--freeze-percent",
+            "1",
+        ])
+        .assert()
+        .code(2)
+        .stderr(contains("--freeze-percent needs --processes 2 or more"));
+}

@@ -6,7 +6,7 @@ use crate::error::{DecodeError, SessionError};
 use crate::frame::{
     self, CloseCode, DATA_HEAD_LEN, Frame, FrameType, HEADER_LEN, Hello, VERSION, Welcome,
 };
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Pinging};
 use crate::policy::{PingVerdict, backoff_timing};
 use crate::rtt::RttStats;
 use crate::session::{ResumeToken, Room, Seq, Session, SessionConfig, SessionId, SessionKeys};
@@ -264,8 +264,12 @@ impl Binary {
         );
         // Client-driven heartbeats (opt-in): the server answers, and probes only after
         // 1.25 × interval of silence (docs/LIVENESS.md).
-        let passive = b.cfg().policy.client_driven;
-        b.live.set_passive(passive);
+        let pinging = if b.cfg().policy.client_driven {
+            Pinging::Passive
+        } else {
+            Pinging::Active
+        };
+        b.live.set_pinging(pinging);
         b
     }
 

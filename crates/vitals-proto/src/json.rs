@@ -8,7 +8,6 @@
 //! Whitespace (including newlines) between objects is skipped; anything else there is an error.
 
 use crate::error::JsonError;
-use std::io::Write as _;
 
 /// Limits of the JSON decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +265,26 @@ pub(crate) fn classify(obj: &[u8]) -> Result<JsonMessage, JsonError> {
     Ok(JsonMessage::Data(obj.to_vec()))
 }
 
+/// Longest object [`heartbeat_at_start`] looks for.
+const SHORT_HEARTBEAT: usize = 64;
+
+/// A heartbeat object (`{"ping":N}` / `{"pong":N}`, as [`classify`] reads it) at the very start of
+/// `data`, with its length — found without the general scanner, for the common case of a read that
+/// holds one short heartbeat. Only objects of at most 64 bytes that also fit `limits` are taken; for
+/// anything else (`None`) the caller scans as usual, with the same outcome it would have had.
+pub(crate) fn heartbeat_at_start(data: &[u8], limits: &JsonLimits) -> Option<(JsonMessage, usize)> {
+    let most = SHORT_HEARTBEAT
+        .min(limits.max_object_size)
+        .min(limits.max_buffered);
+    let window = data.get(..most).unwrap_or(data);
+    // A heartbeat has no string or object holding a `}`: its first `}` ends it.
+    let end = window.iter().position(|&b| b == b'}')? + 1;
+    if limits.max_depth == 0 {
+        return None;
+    }
+    fast_heartbeat(&data[..end]).map(|m| (m, end))
+}
+
 /// Allocation-free recognition of `{ "ping" : 123 }` / `{ "pong" : 123 }`.
 fn fast_heartbeat(obj: &[u8]) -> Option<JsonMessage> {
     fn ws(s: &[u8]) -> &[u8] {
@@ -304,13 +323,29 @@ fn fast_heartbeat(obj: &[u8]) -> Option<JsonMessage> {
 
 /// Append `{"ping":n}`.
 pub fn encode_json_ping(out: &mut Vec<u8>, n: u64) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{{\"ping\":{n}}}");
+    encode_json_number(out, b"{\"ping\":", n);
 }
 
 /// Append `{"pong":n}`.
 pub fn encode_json_pong(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "{{\"pong\":{n}}}");
+    encode_json_number(out, b"{\"pong\":", n);
+}
+
+/// Append `head`, the decimal digits of `n` and `}` (a heartbeat's hot path: no formatter).
+fn encode_json_number(out: &mut Vec<u8>, head: &[u8], mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(head);
+    out.extend_from_slice(&digits[i..]);
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -415,5 +450,34 @@ mod tests {
             all(&mut d),
             vec![JsonMessage::Ping(10), JsonMessage::Pong(u64::MAX)]
         );
+        let limits = JsonLimits::default();
+        assert_eq!(
+            heartbeat_at_start(b"{\"ping\":41}{\"ping\":42}", &limits),
+            Some((JsonMessage::Ping(41), 11))
+        );
+        assert_eq!(
+            heartbeat_at_start(b"{ \"pong\" : 7 }\n", &limits),
+            Some((JsonMessage::Pong(7), 14))
+        );
+        for not in [
+            &b"{\"ping\":01}"[..],
+            b"{\"pi}ng\":1}",
+            b"{\"ping\":1",
+            b"{\"chat\":\"}\"}",
+            b"{\"ping\":1,\"x\":2}",
+            b"{\"ping\":99999999999999999999}",
+        ] {
+            assert_eq!(heartbeat_at_start(not, &limits), None, "{not:?}");
+        }
+        let tiny = JsonLimits {
+            max_object_size: 8,
+            ..limits
+        };
+        assert_eq!(heartbeat_at_start(b"{\"ping\":1}", &tiny), None);
+        for n in [0, 1, 9, 10, 99, 100, 12_345_678_901, u64::MAX - 1] {
+            let mut out = Vec::new();
+            encode_json_pong(&mut out, n);
+            assert_eq!(out, format!("{{\"pong\":{n}}}").into_bytes());
+        }
     }
 }

@@ -10,8 +10,9 @@ use crate::error::{Backpressure, JsonError};
 use crate::frame::CloseCode;
 use crate::json::{
     JsonDecoder, JsonMessage, Scanner, classify, encode_json_ping, encode_json_pong,
+    heartbeat_at_start,
 };
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Pinging};
 use crate::policy::PingVerdict;
 use crate::rtt::RttStats;
 use crate::session::{Room, Seq};
@@ -84,7 +85,12 @@ fn is_ws(b: u8) -> bool {
 
 impl Json {
     pub(crate) fn new(now: Instant, role: Role, cfg: Arc<JsonConfig>) -> Json {
-        let live = Liveness::new(now, &cfg.liveness);
+        let mut live = Liveness::new(now, &cfg.liveness);
+        if !Self::sends_pings(&cfg, role) {
+            // A classic peer drives the heartbeat and never answers ours: no ping deadline, only
+            // the conviction at `timeout` of silence (docs/LIVENESS.md, rule 7).
+            live.set_pinging(Pinging::Never);
+        }
         Json {
             epoch_us: live.ns(now) / 1000,
             live,
@@ -101,6 +107,11 @@ impl Json {
             ping_due: false,
             ping_first: false,
         }
+    }
+
+    /// Whether this side sends `{"ping":N}` on silence: `send_pings`, by default only clients.
+    fn sends_pings(cfg: &JsonConfig, role: Role) -> bool {
+        cfg.send_pings.unwrap_or(role == Role::Client)
     }
 
     fn cold_mut(&mut self) -> &mut Cold {
@@ -266,6 +277,15 @@ impl Json {
             let Some(rest) = data.get(i..).filter(|r| !r.is_empty()) else {
                 return;
             };
+            if let Some((msg, len)) = heartbeat_at_start(rest, &limits) {
+                // The common read: a short heartbeat, recognised without the general scanner.
+                i += len;
+                self.on_message(now, msg);
+                if self.closed {
+                    return;
+                }
+                continue;
+            }
             let window = rest.get(..max).unwrap_or(rest);
             let mut scanner = Scanner::default();
             let (mut start, mut pos) = (0, 0);
@@ -377,8 +397,7 @@ impl Json {
         if let Some(phi) = v.suspect {
             self.push_event(Event::Suspect { phi });
         }
-        let pings = self.cfg.send_pings.unwrap_or(self.role == Role::Client);
-        if v.ping && pings {
+        if v.ping && Self::sends_pings(&self.cfg, self.role) {
             let (_, ts) = self.live.make_ping(now);
             self.queue_ctl(Ctl::Ping, ts.saturating_sub(self.epoch_us));
         }

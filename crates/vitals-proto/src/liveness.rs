@@ -120,10 +120,23 @@ pub(crate) struct Liveness {
     next_nonce: u32,
     /// The newest ping sent (nonce `next_nonce - 1`, timestamp `last_ping` in µs) is unanswered.
     outstanding: bool,
+    /// Who pings (see [`Pinging`]).
+    pinging: Pinging,
+}
+
+/// When this side pings a silent peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pinging {
+    /// After `interval` of silence (two-sided liveness).
+    Active,
     /// The peer drives the heartbeat (a server with a pinging client): our first ping of a silence
     /// waits `1.25 × interval` instead of `interval`, so that a client pinging every `interval` is
     /// answered, not pinged as well (while a late client still gets probed soon).
-    passive: bool,
+    Passive,
+    /// Never: the peer drives the heartbeat and would not answer ours (a classic JSON client). The
+    /// only deadline is the conviction at `timeout` of silence, so while the peer keeps pinging no
+    /// timer fires at all.
+    Never,
 }
 
 impl Liveness {
@@ -149,7 +162,7 @@ impl Liveness {
             rtt: CompactRtt::default(),
             next_nonce: 0,
             outstanding: false,
-            passive: false,
+            pinging: Pinging::Active,
         };
         l.deadline = l.compute_deadline();
         l
@@ -335,7 +348,9 @@ impl Liveness {
     }
 
     fn next_ping_at(&self, start: u64) -> u64 {
-        if self.last_ping != NEVER && self.last_ping >= start {
+        if self.pinging == Pinging::Never {
+            NEVER
+        } else if self.last_ping != NEVER && self.last_ping >= start {
             self.last_ping.saturating_add(self.interval)
         } else {
             start.saturating_add(self.first_ping())
@@ -345,7 +360,7 @@ impl Liveness {
     /// Silence before the first ping: `interval`, or for a passive side `1.25 × interval` (never past
     /// halfway between `interval` and `timeout`, so a probe still goes out well before conviction).
     fn first_ping(&self) -> u64 {
-        if self.passive {
+        if self.pinging == Pinging::Passive {
             let half_way = self.interval + self.timeout.saturating_sub(self.interval) / 2;
             (self.interval + self.interval / 4).min(half_way)
         } else {
@@ -353,9 +368,9 @@ impl Liveness {
         }
     }
 
-    /// Makes this side passive (see the `passive` field): a server whose client pings.
-    pub(crate) fn set_passive(&mut self, passive: bool) {
-        self.passive = passive;
+    /// Says when this side pings (see [`Pinging`]); re-arms the deadline.
+    pub(crate) fn set_pinging(&mut self, pinging: Pinging) {
+        self.pinging = pinging;
         self.deadline = self.compute_deadline();
     }
 

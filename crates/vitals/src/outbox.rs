@@ -109,18 +109,24 @@ impl Outbox {
     ) -> io::Result<usize> {
         let mut written = 0;
         while !self.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n_iov = 0;
-            for (i, seg) in self.segs.iter().take(MAX_IOV).enumerate() {
-                let bytes = match seg {
-                    Seg::Head { start, end } => self.head.get(*start..*end).unwrap_or(&[]),
-                    Seg::Body(b) => &b[..],
-                };
-                let skip = if i == 0 { self.off } else { 0 };
-                iov[n_iov] = IoSlice::new(bytes.get(skip..).unwrap_or(&[]));
-                n_iov += 1;
-            }
-            match write_vectored(&iov[..n_iov]) {
+            let result = if self.segs.len() == 1 {
+                // The common case (a heartbeat's answer): one buffer, no iovec array to fill.
+                let one = self
+                    .segs
+                    .front()
+                    .map_or(&[][..], |seg| self.bytes(seg, self.off));
+                write_vectored(&[IoSlice::new(one)])
+            } else {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut n_iov = 0;
+                for (i, seg) in self.segs.iter().take(MAX_IOV).enumerate() {
+                    let skip = if i == 0 { self.off } else { 0 };
+                    iov[n_iov] = IoSlice::new(self.bytes(seg, skip));
+                    n_iov += 1;
+                }
+                write_vectored(&iov[..n_iov])
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     written += n;
@@ -132,6 +138,15 @@ impl Outbox {
             }
         }
         Ok(written)
+    }
+
+    /// The bytes of `seg` after its first `skip`.
+    fn bytes<'a>(&'a self, seg: &'a Seg, skip: usize) -> &'a [u8] {
+        let all = match seg {
+            Seg::Head { start, end } => self.head.get(*start..*end).unwrap_or(&[]),
+            Seg::Body(b) => &b[..],
+        };
+        all.get(skip..).unwrap_or(&[])
     }
 
     /// `n` bytes from the front have been written.

@@ -104,6 +104,11 @@ pub(crate) async fn drive<O: Observer>(
     let mut out_off = 0usize;
     let mut reason: Option<DisconnectReason> = None;
     let mut stopping = false;
+    // One timer for the connection's life, moved only when the core's deadline moves (a new timer per
+    // turn would register and cancel one in the runtime's wheel at every wake-up).
+    let timer = tokio::time::sleep(FAR);
+    tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
     loop {
         // Write what the core has.
         if let Err(e) = flush(&stream, &mut proto, codec, &mut out, &mut out_off, obs) {
@@ -151,6 +156,11 @@ pub(crate) async fn drive<O: Observer>(
             }
         }
         let deadline = proto.poll_timeout().map(tokio::time::Instant::from_std);
+        if deadline != armed {
+            let at = deadline.unwrap_or_else(|| tokio::time::Instant::now() + FAR);
+            timer.as_mut().reset(at);
+            armed = deadline;
+        }
         let interest = if out_off < out.len() {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -176,7 +186,10 @@ pub(crate) async fn drive<O: Observer>(
                     break;
                 }
             },
-            _ = sleep_until_opt(deadline) => proto.handle_timeout(Instant::now()),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                proto.handle_timeout(Instant::now());
+            }
         }
     }
     // Events queued by the last input (e.g. the CLOSE that ended it).
@@ -243,13 +256,8 @@ fn read(stream: &TcpStream, proto: &mut Connection) -> Option<DisconnectReason> 
     })
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
+/// A deadline so far away that it stands for none.
+const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,13 @@
 //! to). GET and HEAD only; one request per connection (`Connection: close`); the request head is
 //! bounded ([`MAX_REQUEST`]) and must arrive within [`REQUEST_TIMEOUT`]; at most
 //! [`MAX_CLIENTS`] requests are served at once.
+//!
+//! A supervisor of worker processes (`vitals serve --processes N`) serves the same routes for all
+//! of them ([`View::Supervisor`]): `/status.json` and `/metrics` are the sums of its workers' own
+//! pages, read when asked ([`aggregate`]).
 
+pub(crate) mod aggregate;
+pub(crate) mod client;
 pub(crate) mod status;
 
 use std::sync::Arc;
@@ -32,14 +38,25 @@ const PAGE: &str = include_str!("page.html");
 
 /// What the responder serves from.
 pub(crate) struct App {
-    /// Counters of the running server.
-    pub(crate) status: Arc<Status>,
-    /// Open connections now.
-    pub(crate) open: Box<dyn Fn() -> usize + Send + Sync>,
-    /// The Prometheus recorder's handle.
-    pub(crate) prometheus: PrometheusHandle,
+    /// Whose numbers.
+    pub(crate) view: View,
     /// In a fleet: the Redis URL and fleet configuration, for `/fleet.json` (presence from Redis).
     pub(crate) fleet: Option<(String, vitals::FleetConfig)>,
+}
+
+/// Whose numbers a status page shows.
+pub(crate) enum View {
+    /// This process's server.
+    Server {
+        /// Counters of the running server.
+        status: Arc<Status>,
+        /// Open connections now.
+        open: Box<dyn Fn() -> usize + Send + Sync>,
+        /// The Prometheus recorder's handle.
+        prometheus: PrometheusHandle,
+    },
+    /// The worker processes of a supervisor, added up.
+    Supervisor(Arc<crate::serve::supervisor::Workers>),
 }
 
 /// Most live sessions `/fleet.json` lists.
@@ -158,29 +175,38 @@ impl Response {
     }
 }
 
+/// The `/status.json` response for `snapshot`.
+fn status_json(snapshot: anyhow::Result<status::Snapshot>) -> Response {
+    match snapshot.and_then(|s| Ok(serde_json::to_vec(&s)?)) {
+        Ok(body) => Response::new("200 OK", "application/json", body),
+        Err(e) => {
+            tracing::warn!(error = %e, "status.json unavailable");
+            Response::text("500 Internal Server Error", "status unavailable\n")
+        }
+    }
+}
+
+/// The `/metrics` response.
+fn metrics_text(body: String) -> Response {
+    Response::new("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+}
+
 /// Answers one parsed request.
-pub(crate) fn respond(app: &App, req: &Request) -> Response {
-    match req.path.as_str() {
-        "/" | "/index.html" => Response::new("200 OK", "text/html; charset=utf-8", PAGE),
-        "/status.json" => {
-            let snapshot = app.status.snapshot((app.open)());
-            match serde_json::to_vec(&snapshot) {
-                Ok(body) => Response::new("200 OK", "application/json", body),
-                Err(e) => {
-                    tracing::warn!(error = %e, "status.json not serialisable");
-                    Response::text("500 Internal Server Error", "status unavailable\n")
-                }
-            }
+pub(crate) async fn respond(app: &App, req: &Request) -> Response {
+    match (req.path.as_str(), &app.view) {
+        ("/" | "/index.html", _) => Response::new("200 OK", "text/html; charset=utf-8", PAGE),
+        ("/status.json", View::Server { status, open, .. }) => {
+            status_json(Ok(status.snapshot(open())))
         }
-        "/metrics" => {
-            app.prometheus.run_upkeep();
-            Response::new(
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                app.prometheus.render(),
-            )
+        ("/status.json", View::Supervisor(workers)) => {
+            status_json(aggregate::status(workers).await)
         }
-        _ => Response::text(
+        ("/metrics", View::Server { prometheus, .. }) => {
+            prometheus.run_upkeep();
+            metrics_text(prometheus.render())
+        }
+        ("/metrics", View::Supervisor(workers)) => metrics_text(aggregate::metrics(workers).await),
+        (_, _) => Response::text(
             "404 Not Found",
             "not found; try /, /status.json or /metrics\n",
         ),
@@ -233,7 +259,7 @@ async fn handle(mut stream: TcpStream, app: &App) -> std::io::Result<()> {
         Ok(Ok(true)) => match parse_request(&buf) {
             Ok(req) => match (&app.fleet, req.path.as_str()) {
                 (Some((url, cfg)), "/fleet.json") => (fleet_json(url, cfg).await, req.head_only),
-                _ => (respond(app, &req), req.head_only),
+                _ => (respond(app, &req).await, req.head_only),
             },
             Err(Reject::Malformed) => (Response::text("400 Bad Request", "bad request\n"), false),
             Err(Reject::Method) => {

@@ -4,6 +4,10 @@
 //! second; the HTTP side calls [`Status::snapshot`]. RTT samples go into an HDR histogram (µs, 3
 //! significant figures); the last [`SERIES_LEN`] seconds are kept as per-second buckets for the
 //! status page's charts.
+//!
+//! A worker of `vitals serve --processes N` also exports its whole RTT histogram in its snapshot
+//! ([`Status::exporting_rtt`]); its supervisor adds the workers' snapshots up with [`merge`] into the
+//! one document its own page serves.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -11,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vitals::{DisconnectReason, ServerEvent};
 
 /// Seconds of history kept for the charts.
@@ -27,25 +31,32 @@ const RTT_EDGES_US: [u64; 14] = [
 ];
 
 /// The server's settings shown on the page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Info {
     /// Address the server listens on.
     pub(crate) listen: SocketAddr,
     /// `binary` or `json`.
-    pub(crate) codec: &'static str,
+    pub(crate) codec: String,
     /// Heartbeat interval in milliseconds.
     pub(crate) interval_ms: u64,
     /// Dead timeout in milliseconds.
     pub(crate) timeout_ms: u64,
-    /// Event-loop threads.
+    /// Event-loop threads (all processes together).
     pub(crate) loops: usize,
-    /// Connection limit.
+    /// Server processes sharing the port (`--processes`; 1 for one process).
+    #[serde(default = "one")]
+    pub(crate) processes: usize,
+    /// Connection limit (all processes together).
     pub(crate) max_connections: usize,
     /// Whether messages are echoed back.
     pub(crate) echo: bool,
     /// Where sessions live: `memory`, or `redis` with this node's id in the fleet
     /// (`/fleet.json` and `vitals_fleet_up` say more).
     pub(crate) store: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Is this ending a conviction (the server judged the peer dead) rather than an orderly or
@@ -58,7 +69,7 @@ pub(crate) fn is_conviction(reason: &DisconnectReason) -> bool {
 }
 
 /// One second of history.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Bucket {
     /// Unix time (s) at the start of the bucket.
     t: u64,
@@ -97,10 +108,12 @@ pub(crate) struct Status {
     info: Info,
     started: Instant,
     inner: Mutex<Inner>,
+    /// Snapshots carry the whole RTT histogram (a worker's, for its supervisor).
+    export_rtt: bool,
 }
 
 /// RTT summary in milliseconds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RttSummary {
     /// Samples recorded.
     pub(crate) samples: u64,
@@ -118,10 +131,13 @@ pub(crate) struct RttSummary {
     pub(crate) max_ms: f64,
     /// Histogram bars: samples with RTT up to `le_us` (µs; `null` for the last, open-ended bar).
     pub(crate) buckets: Vec<RttBucket>,
+    /// The whole histogram ([`crate::hist`] text), in a worker's snapshot only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hdr: Option<String>,
 }
 
 /// One bar of the RTT histogram.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RttBucket {
     /// Upper edge in µs, inclusive; `None` for the last bar.
     pub(crate) le_us: Option<u64>,
@@ -130,7 +146,7 @@ pub(crate) struct RttBucket {
 }
 
 /// Connection counts.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Connections {
     /// TCP connections open now (including those still in their handshake).
     pub(crate) open: usize,
@@ -143,7 +159,7 @@ pub(crate) struct Connections {
 }
 
 /// Message counts.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Messages {
     /// Application messages received.
     pub(crate) received: u64,
@@ -155,8 +171,28 @@ pub(crate) struct Messages {
     pub(crate) refused: u64,
 }
 
+/// One worker process of a supervisor, as its page shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct WorkerState {
+    /// Its index (0-based; a restarted worker keeps its index).
+    pub(crate) index: usize,
+    /// Its pid while it runs.
+    pub(crate) pid: Option<u32>,
+    /// `starting`, `up`, `restarting`, `failed` (exited too often; not restarted) or `stopped`.
+    pub(crate) state: String,
+    /// Times it was restarted after exiting.
+    pub(crate) restarts: u64,
+    /// Its own status page (loopback, ephemeral port).
+    pub(crate) status_page: Option<SocketAddr>,
+    /// How it last exited.
+    pub(crate) last_exit: Option<String>,
+    /// Why its page could not be read for this document, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) unreadable: Option<String>,
+}
+
 /// The `/status.json` document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Snapshot {
     /// Settings.
     pub(crate) server: Info,
@@ -173,9 +209,12 @@ pub(crate) struct Snapshot {
     /// Phi-accrual suspicions raised.
     pub(crate) suspects: u64,
     /// Connections ended, by reason label.
-    pub(crate) disconnects: BTreeMap<&'static str, u64>,
+    pub(crate) disconnects: BTreeMap<String, u64>,
     /// Per-second history, oldest first.
     series: Vec<Bucket>,
+    /// A supervisor's worker processes (`--processes N`); absent for one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) workers: Vec<WorkerState>,
 }
 
 fn unix_now() -> u64 {
@@ -200,6 +239,7 @@ impl Status {
         });
         Ok(Status {
             info,
+            export_rtt: false,
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 established: 0,
@@ -215,6 +255,12 @@ impl Status {
                 series,
             }),
         })
+    }
+
+    /// Snapshots carry the whole RTT histogram, for a supervisor to merge (a worker's status).
+    pub(crate) fn exporting_rtt(mut self) -> Status {
+        self.export_rtt = true;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -293,60 +339,23 @@ impl Status {
     /// The document for `/status.json`, with `open` TCP connections now.
     pub(crate) fn snapshot(&self, open: usize) -> Snapshot {
         let s = self.lock();
-        let h = &s.rtt;
-        let samples = h.len();
-        let q = |x: f64| {
-            if samples == 0 {
-                0.0
-            } else {
-                ms(h.value_at_quantile(x))
-            }
-        };
-        let mut buckets: Vec<RttBucket> = RTT_EDGES_US
-            .iter()
-            .map(|&le| RttBucket {
-                le_us: Some(le),
-                count: 0,
-            })
-            .chain(std::iter::once(RttBucket {
-                le_us: None,
-                count: 0,
-            }))
-            .collect();
-        for v in h.iter_recorded() {
-            let value = v.value_iterated_to();
-            let i = RTT_EDGES_US
-                .iter()
-                .position(|&le| value <= le)
-                .unwrap_or(RTT_EDGES_US.len());
-            if let Some(b) = buckets.get_mut(i) {
-                b.count += v.count_at_value();
+        let mut rtt = summarize(&s.rtt);
+        if self.export_rtt {
+            match crate::hist::encode(&s.rtt) {
+                Ok(text) => rtt.hdr = Some(text),
+                Err(e) => tracing::warn!(error = %e, "RTT histogram not exported"),
             }
         }
-        let rtt = RttSummary {
-            samples,
-            min_ms: if samples == 0 { 0.0 } else { ms(h.min()) },
-            mean_ms: if samples == 0 { 0.0 } else { h.mean() / 1000.0 },
-            p50_ms: q(0.5),
-            p90_ms: q(0.9),
-            p99_ms: q(0.99),
-            max_ms: if samples == 0 { 0.0 } else { ms(h.max()) },
-            buckets,
-        };
         let mut series: Vec<Bucket> = s.series.iter().cloned().collect();
         // The current bucket shows the connections open right now.
         if let Some(last) = series.last_mut() {
             last.open = open;
         }
-        let convictions = s
+        let disconnects: BTreeMap<String, u64> = s
             .disconnects
             .iter()
-            .filter(|(label, _)| {
-                **label == DisconnectReason::SilenceTimeout.label()
-                    || **label == DisconnectReason::WriteStall.label()
-            })
-            .map(|(_, n)| *n)
-            .sum();
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         Snapshot {
             server: self.info.clone(),
             uptime_s: self.started.elapsed().as_secs_f64(),
@@ -363,12 +372,130 @@ impl Status {
                 refused: s.send_refused,
             },
             rtt,
-            convictions,
+            convictions: convictions(&disconnects),
             suspects: s.suspects,
-            disconnects: s.disconnects.clone(),
+            disconnects,
             series,
+            workers: Vec::new(),
         }
     }
+}
+
+/// Convictions among disconnects by reason: silence timeouts and write stalls.
+fn convictions(disconnects: &BTreeMap<String, u64>) -> u64 {
+    [
+        DisconnectReason::SilenceTimeout.label(),
+        DisconnectReason::WriteStall.label(),
+    ]
+    .iter()
+    .filter_map(|label| disconnects.get(*label))
+    .sum()
+}
+
+/// Percentiles and bars of an RTT histogram (µs).
+fn summarize(h: &Histogram<u64>) -> RttSummary {
+    let samples = h.len();
+    let q = |x: f64| {
+        if samples == 0 {
+            0.0
+        } else {
+            ms(h.value_at_quantile(x))
+        }
+    };
+    let mut buckets: Vec<RttBucket> = RTT_EDGES_US
+        .iter()
+        .map(|&le| RttBucket {
+            le_us: Some(le),
+            count: 0,
+        })
+        .chain(std::iter::once(RttBucket {
+            le_us: None,
+            count: 0,
+        }))
+        .collect();
+    for v in h.iter_recorded() {
+        let value = v.value_iterated_to();
+        let i = RTT_EDGES_US
+            .iter()
+            .position(|&le| value <= le)
+            .unwrap_or(RTT_EDGES_US.len());
+        if let Some(b) = buckets.get_mut(i) {
+            b.count += v.count_at_value();
+        }
+    }
+    RttSummary {
+        samples,
+        min_ms: if samples == 0 { 0.0 } else { ms(h.min()) },
+        mean_ms: if samples == 0 { 0.0 } else { h.mean() / 1000.0 },
+        p50_ms: q(0.5),
+        p90_ms: q(0.9),
+        p99_ms: q(0.99),
+        max_ms: if samples == 0 { 0.0 } else { ms(h.max()) },
+        buckets,
+        hdr: None,
+    }
+}
+
+/// One document for a supervisor's page: the workers' snapshots (`parts`) added up under the
+/// supervisor's `info`, with its `uptime_s` and its `workers`. Counts are summed, the RTT
+/// statistics come from the sum of the workers' histograms (exact percentiles of the whole), the
+/// per-second history is summed by second.
+pub(crate) fn merge(
+    info: Info,
+    uptime_s: f64,
+    parts: &[Snapshot],
+    workers: Vec<WorkerState>,
+) -> anyhow::Result<Snapshot> {
+    let mut rtt = Histogram::<u64>::new_with_bounds(1, RTT_MAX_US, 3)?;
+    let mut connections = Connections::default();
+    let mut messages = Messages::default();
+    let mut suspects = 0;
+    let mut disconnects = BTreeMap::new();
+    let mut series: BTreeMap<u64, Bucket> = BTreeMap::new();
+    for p in parts {
+        let c = &p.connections;
+        connections.open += c.open;
+        connections.established += c.established;
+        connections.total += c.total;
+        connections.resumed += c.resumed;
+        let m = &p.messages;
+        messages.received += m.received;
+        messages.bytes += m.bytes;
+        messages.echoed += m.echoed;
+        messages.refused += m.refused;
+        suspects += p.suspects;
+        for (k, v) in &p.disconnects {
+            *disconnects.entry(k.clone()).or_insert(0) += v;
+        }
+        if let Some(text) = &p.rtt.hdr {
+            rtt.add(crate::hist::decode(text)?)?;
+        }
+        for b in &p.series {
+            let sum = series.entry(b.t).or_insert_with(|| Bucket {
+                t: b.t,
+                ..Bucket::default()
+            });
+            sum.open += b.open;
+            sum.connects += b.connects;
+            sum.resumes += b.resumes;
+            sum.disconnects += b.disconnects;
+            sum.convictions += b.convictions;
+            sum.messages += b.messages;
+        }
+    }
+    let skip = series.len().saturating_sub(SERIES_LEN);
+    Ok(Snapshot {
+        server: info,
+        uptime_s,
+        connections,
+        messages,
+        rtt: summarize(&rtt),
+        convictions: convictions(&disconnects),
+        suspects,
+        disconnects,
+        series: series.into_values().skip(skip).collect(),
+        workers,
+    })
 }
 
 #[cfg(test)]
@@ -378,11 +505,12 @@ mod tests {
     fn info() -> Info {
         Info {
             listen: SocketAddr::from(([127, 0, 0, 1], 1)),
-            codec: "binary",
+            codec: "binary".into(),
             store: "memory".into(),
             interval_ms: 1000,
             timeout_ms: 3000,
             loops: 1,
+            processes: 1,
             max_connections: 10,
             echo: false,
         }
@@ -430,6 +558,52 @@ mod tests {
         assert_eq!(snap.series.len(), SERIES_LEN);
         assert_eq!(snap.series.last().map(|b| b.open), Some(42));
         assert_eq!(snap.series.first().map(|b| b.open), Some(10));
+    }
+
+    #[test]
+    fn workers_snapshots_add_up_with_exact_percentiles() {
+        // Two workers: RTTs 1..=50 ms and 51..=100 ms; p50 of the whole is 50 ms, which no
+        // average of the workers' own p50s (25.5 and 75.5) would give.
+        let parts: Vec<Snapshot> = [(1u64, 10usize), (51, 20)]
+            .iter()
+            .map(|&(from, open)| {
+                let status = Status::new(info()).unwrap().exporting_rtt();
+                {
+                    let mut s = status.lock();
+                    for v in from..from + 50 {
+                        s.rtt.saturating_record(v * 1000);
+                    }
+                    s.established = open;
+                    s.connects = open as u64;
+                    s.disconnects.insert("silence_timeout", 2);
+                    s.disconnects.insert("eof", 1);
+                }
+                status.snapshot(open)
+            })
+            .collect();
+        assert!(parts[0].rtt.hdr.is_some());
+        // A snapshot survives its JSON form (the supervisor reads the workers' pages).
+        let parts: Vec<Snapshot> = parts
+            .iter()
+            .map(|p| serde_json::from_str(&serde_json::to_string(p).unwrap()).unwrap())
+            .collect();
+        let mut sup = info();
+        sup.processes = 2;
+        let m = merge(sup, 1.0, &parts, Vec::new()).unwrap();
+        assert_eq!(m.connections.open, 30);
+        assert_eq!(m.connections.established, 30);
+        assert_eq!(m.connections.total, 30);
+        assert_eq!(m.rtt.samples, 100);
+        assert!((m.rtt.p50_ms - 50.0).abs() < 0.1, "{:?}", m.rtt);
+        assert!((m.rtt.max_ms - 100.0).abs() < 0.1, "{:?}", m.rtt);
+        assert_eq!(m.rtt.hdr, None);
+        assert_eq!(m.disconnects.get("silence_timeout"), Some(&4));
+        assert_eq!(m.convictions, 4);
+        assert_eq!(m.server.processes, 2);
+        // The workers' per-second history adds up second by second.
+        assert_eq!(m.series.iter().map(|b| b.open).sum::<usize>(), 30);
+        // Without the exported histogram (a plain server's page) nothing is exported.
+        assert_eq!(Status::new(info()).unwrap().snapshot(0).rtt.hdr, None);
     }
 
     #[test]

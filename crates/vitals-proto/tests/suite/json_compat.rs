@@ -51,6 +51,33 @@ fn serves_a_classic_client_split_reads_newlines_and_data() {
 }
 
 #[test]
+fn a_server_of_pinging_classic_clients_arms_only_the_conviction() {
+    // Classic clients drive their heartbeat and never answer a server's ping, so a JSON server's
+    // only deadline is the conviction: while the client pings every interval, no timer is due
+    // before `timeout` of silence (a runtime's timer never fires for a live classic client).
+    let t0 = Instant::now();
+    let mut s = Connection::json(t0, Role::Server, cfg());
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    for i in 1..=100u64 {
+        let at = t0 + Duration::from_millis(i * 1000 + i % 7);
+        s.handle_input(at, format!("{{\"ping\":{i}}}").as_bytes());
+        assert_eq!(out(&mut s), format!("{{\"pong\":{}}}", i + 1).as_bytes());
+        assert_eq!(
+            s.poll_timeout(),
+            Some(at + Duration::from_secs(3)),
+            "ping {i}"
+        );
+    }
+    // Opted in (`send_pings`), a JSON server pings after `interval` of silence as before.
+    let mut c = cfg();
+    c.send_pings = Some(true);
+    let mut s = Connection::json(t0, Role::Server, c);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+    s.handle_timeout(t0 + Duration::from_secs(1));
+    assert!(out(&mut s).starts_with(b"{\"ping\":"));
+}
+
+#[test]
 fn acts_as_a_classic_client_and_measures_rtt_from_echoed_pongs() {
     let t0 = Instant::now();
     let mut c = Connection::json(t0, Role::Client, cfg());

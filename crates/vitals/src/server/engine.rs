@@ -123,9 +123,17 @@ pub(crate) struct Loop {
     fleet_waiting: HashMap<usize, (u32, std::collections::VecDeque<(u64, Bytes)>)>,
     /// Fleet: when this loop next refreshes its sessions' leases and presence in the store.
     next_touch: Instant,
-    /// When a local stall was last logged, and the connections that saw one since.
-    stall_logged: Option<Instant>,
+    /// Bytes read and written in this turn of the loop, added to the metrics once per turn (not
+    /// per heartbeat).
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Timers of this turn that fired late (local stalls), added to the metrics at the turn's end.
+    stalls: u64,
+    /// Late timers since a stall was last logged, the latest of them, and when it was logged: one
+    /// line a second at most, however many turns and connections saw the stall.
     stalls_unlogged: u64,
+    stall_worst: Duration,
+    stall_logged: Option<Instant>,
 }
 
 impl Loop {
@@ -196,8 +204,12 @@ impl Loop {
             touched: Vec::new(),
             fleet_waiting: HashMap::new(),
             next_touch: Instant::now(),
-            stall_logged: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            stalls: 0,
             stalls_unlogged: 0,
+            stall_worst: Duration::ZERO,
+            stall_logged: None,
             shared,
         })
     }
@@ -270,6 +282,36 @@ impl Loop {
             self.service_touched(now);
             self.purge_sessions(now);
             self.touch_sessions(now);
+            self.end_turn(now);
+        }
+    }
+
+    /// Adds this turn's bytes and local stalls to the metrics, and logs the stalls since the last
+    /// line if that was a second ago or more (one line).
+    fn end_turn(&mut self, now: Instant) {
+        if self.stalls > 0 {
+            let n = std::mem::take(&mut self.stalls);
+            metrics::counter!(m::LOCAL_STALLS).increment(n);
+            self.stalls_unlogged += n;
+        }
+        if self.stalls_unlogged > 0
+            && self
+                .stall_logged
+                .is_none_or(|t| now >= t + Duration::from_secs(1))
+        {
+            tracing::warn!(
+                shard = self.shard,
+                timers = std::mem::take(&mut self.stalls_unlogged),
+                late_by = ?std::mem::take(&mut self.stall_worst),
+                "local stall: timers fired late; no conviction"
+            );
+            self.stall_logged = Some(now);
+        }
+        if self.bytes_in > 0 {
+            metrics::counter!(m::BYTES_IN).increment(std::mem::take(&mut self.bytes_in));
+        }
+        if self.bytes_out > 0 {
+            metrics::counter!(m::BYTES_OUT).increment(std::mem::take(&mut self.bytes_out));
         }
     }
 
@@ -464,7 +506,7 @@ impl Loop {
                 proto.handle_input_buf(now, buf);
                 !proto.is_closed()
             });
-            metrics::counter!(m::BYTES_IN).increment(n as u64);
+            self.bytes_in += n as u64;
             if more {
                 self.reread.push((idx, *generation, read_closed));
             }
@@ -507,7 +549,7 @@ impl Loop {
                 }
             },
         });
-        metrics::counter!(m::BYTES_IN).increment(n as u64);
+        self.bytes_in += n as u64;
         if filled && ended.is_none() && !conn.proto.is_closed() {
             // A read filled the scratch buffer: data is streaming in. Further reads go into a buffer
             // of the connection's own (see `read_bulk`).
@@ -720,23 +762,11 @@ impl Loop {
                 }
                 Event::Suspect { phi } => Some(ServerEvent::Suspect { conn: id, phi }),
                 Event::Stalled { late_by } => {
-                    metrics::counter!(m::LOCAL_STALLS).increment(1);
-                    // One stall of the process is seen by every connection due in it: say it once
-                    // a second per loop, with how many connections saw it, not once per connection.
-                    self.stalls_unlogged += 1;
-                    if self
-                        .stall_logged
-                        .is_none_or(|t| now >= t + Duration::from_secs(1))
-                    {
-                        tracing::warn!(
-                            shard = self.shard,
-                            ?late_by,
-                            connections = self.stalls_unlogged,
-                            "local stall: timer fired late; no conviction"
-                        );
-                        self.stall_logged = Some(now);
-                        self.stalls_unlogged = 0;
-                    }
+                    // Counted here, logged at the turn's end at most once a second: a stall of
+                    // the process is seen by every connection due in it, and a starved loop finds
+                    // many late timers at once; a line for each would add to the starvation.
+                    self.stalls += 1;
+                    self.stall_worst = self.stall_worst.max(late_by);
                     None
                 }
                 Event::PingStrike { strikes } => {
@@ -983,7 +1013,7 @@ impl Loop {
             (|| -> io::Result<()> {
                 if let Some(backlog) = conn.backlog.as_mut() {
                     let stream = &mut conn.stream;
-                    written += backlog.out.write_with(|iov| stream.write_vectored(iov))?;
+                    written += backlog.out.write_with(|iov| write_iov(stream, iov))?;
                     if !backlog.out.is_empty() {
                         return Ok(());
                     }
@@ -994,7 +1024,7 @@ impl Loop {
                         return Ok(());
                     }
                     let stream = &mut conn.stream;
-                    written += self.outbox.write_with(|iov| stream.write_vectored(iov))?;
+                    written += self.outbox.write_with(|iov| write_iov(stream, iov))?;
                     if !self.outbox.is_empty() {
                         // The socket is full: the rest (DATA chunks still shared, not copied)
                         // waits with the connection.
@@ -1010,7 +1040,7 @@ impl Loop {
         };
         // After an error, what was gathered for this connection must not go to the next one.
         self.outbox.clear();
-        metrics::counter!(m::BYTES_OUT).increment(written as u64);
+        self.bytes_out += written as u64;
         if let Err(reason) = result {
             conn.break_with(reason);
             return;
@@ -1498,6 +1528,7 @@ impl Loop {
             }
             self.teardown(idx, now);
         }
+        self.end_turn(now);
     }
 }
 
@@ -1540,6 +1571,15 @@ fn flush_tls(
         if !crate::tls::encrypt_next(tls, proto, out, OUT_BATCH).map_err(io_err)? {
             return Ok(());
         }
+    }
+}
+
+/// Writes `iov` to `stream`: one buffer (a heartbeat's PONG, any small frame) with a plain `send`,
+/// several with `writev` (a `writev` of one buffer costs the kernel an iovec import more).
+fn write_iov(stream: &mut mio::net::TcpStream, iov: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    match iov {
+        [one] => stream.write(one),
+        _ => stream.write_vectored(iov),
     }
 }
 
